@@ -1,0 +1,50 @@
+"""What a defense is: a small object that acts at one stage of a client's round.
+
+Stages, in the order a client round passes through them:
+  data      -> transforms each training batch (MixUp, Intra-InstaHide)
+  training  -> changes how gradients are computed (DP-SGD)
+  update    -> transforms the update before it leaves (GradPrune)
+  transport -> Flower mods and strategy wrappers (Flower DP, secure aggregation)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+STAGES = ("data", "training", "update", "transport")
+
+
+class DefenseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Defense:
+    name: ClassVar[str]
+    stage: ClassVar[str]
+    Params: ClassVar[type[DefenseParams]] = DefenseParams
+
+    def __init__(self, **params: Any):
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ValueError(
+                f"defenses entry {self.name!r}, param '{field}': {first['msg']}"
+            ) from None
+
+    # data stage -------------------------------------------------------------------------
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    # update stage -----------------------------------------------------------------------
+    def transform_update(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.params.model_dump()})"

@@ -1,0 +1,63 @@
+"""The capture format: what an observer recorded of one client's update in one round.
+
+A capture holds only what crosses the wire plus the public facts of the round (global
+weights before it, architecture, declared hyper-parameters). Written by the server (and by
+later observers), read by the attacker; it never holds private data.
+
+Layout: captures/round_RRR/global.pt (weights before the round, written once) and
+captures/round_RRR/<observer>_client_PPP.pt + .json (update + metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Capture:
+    round: int
+    partition_id: int
+    observer: str                      # "server", later "eavesdropper", "client"
+    kind: str                          # "gradient" (FedSGD) or "weights" (FedAvg)
+    weights_before: dict[str, torch.Tensor]
+    update: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def round_dir(root: Path, server_round: int) -> Path:
+    return Path(root) / "captures" / f"round_{server_round:03d}"
+
+
+def save_capture(root: Path, cap: Capture) -> Path:
+    folder = round_dir(root, cap.round)
+    folder.mkdir(parents=True, exist_ok=True)
+    global_path = folder / "global.pt"
+    if not global_path.exists():
+        torch.save(cap.weights_before, global_path)
+    stem = folder / f"{cap.observer}_client_{cap.partition_id:03d}"
+    torch.save(cap.update, stem.with_suffix(".pt"))
+    header = {k: v for k, v in asdict(cap).items() if k not in ("weights_before", "update")}
+    stem.with_suffix(".json").write_text(json.dumps(header, indent=2, sort_keys=True))
+    return stem.with_suffix(".pt")
+
+
+def load_capture(path: Path) -> Capture:
+    """Load from the update's .pt path (or its .json)."""
+    path = Path(path).with_suffix(".pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"no capture at {path}")
+    header = json.loads(path.with_suffix(".json").read_text())
+    return Capture(
+        weights_before=torch.load(path.parent / "global.pt", weights_only=True),
+        update=torch.load(path, weights_only=True),
+        **header,
+    )
+
+
+def list_captures(run_dir: Path, observer: str = "server") -> list[Path]:
+    return sorted((Path(run_dir) / "captures").glob(f"round_*/{observer}_client_*.pt"))

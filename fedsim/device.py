@@ -1,0 +1,14 @@
+"""One place that turns the `device` setting into a torch device."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda` without a GPU is an error, not a fallback."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(setting)

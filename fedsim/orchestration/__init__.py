@@ -1,0 +1,1 @@
+"""Runs experiments: the Flower simulation engine on Ray (later: sweeps, deployments)."""

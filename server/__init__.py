@@ -1,0 +1,1 @@
+"""The server side: Flower ServerApp, the capturing FedAvg strategy. Knows nothing of attacks."""

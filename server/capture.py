@@ -1,0 +1,51 @@
+"""The honest-but-curious server's capture: each reply of the configured rounds, to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Message
+
+from fedsim.capture import Capture, save_capture
+from fedsim.config import ExperimentConfig
+
+
+def declared_facts(cfg: ExperimentConfig) -> dict:
+    """The public facts of a round that the server itself configured."""
+    fed = cfg.federation
+    return {
+        "algorithm": fed.algorithm, "lr": fed.lr, "batch_size": fed.batch_size,
+        "local_epochs": fed.local_epochs, "local_steps": fed.local_steps,
+        "model": cfg.model.name, "model_norm": cfg.model.norm, "model_width": cfg.model.width,
+        "dataset": cfg.data.name, "defenses": [d.name for d in cfg.defenses],
+    }
+
+
+class ServerCapture:
+    """Callable handed to the strategy: writes one capture per client reply."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.rounds = cfg.capture.rounds
+        self.saved: list[Path] = []
+
+    def wants(self, server_round: int) -> bool:
+        return self.rounds == "all" or server_round in self.rounds
+
+    def __call__(self, server_round: int, weights_before: ArrayRecord, reply: Message) -> None:
+        if not self.wants(server_round):
+            return
+        content = reply.content
+        metrics = dict(content["metrics"])
+        kind = str(content["update"]["kind"]) if "update" in content else "weights"
+        cap = Capture(
+            round=server_round,
+            partition_id=int(metrics["partition-id"]),
+            observer="server",
+            kind=kind,
+            weights_before=weights_before.to_torch_state_dict(),
+            update=content["arrays"].to_torch_state_dict(),
+            meta={**declared_facts(self.cfg), "node_id": int(reply.metadata.src_node_id),
+                  "client_metrics": {k: float(v) for k, v in metrics.items()}},
+        )
+        self.saved.append(save_capture(self.run_dir, cap))
