@@ -82,7 +82,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2, **_) -> Dataset:
 
 
 # ------------------------------------------------------------------------ natural32
-_TRAIN_CROPS, _TEST_CROPS, _TEST_STRIP = 120, 30, 0.3
+_TRAIN_CROPS, _TEST_CROPS, _TEST_STRIP, _MIN_STD = 120, 30, 0.3, 0.05
 
 
 def _source_photos() -> dict[str, np.ndarray]:
@@ -111,11 +111,13 @@ def _crops(photo: np.ndarray, count: int, x_range: tuple[int, int], rng) -> torc
     x0, x1 = x_range
     max_side = min(h, x1 - x0, 256)
     out = []
-    for _ in range(count):
+    while len(out) < count:
         side = int(rng.integers(min(48, max_side), max_side + 1))
         top = int(rng.integers(0, h - side + 1))
         left = int(rng.integers(x0, x1 - side + 1))
         patch = img[:, top:top + side, left:left + side][None]
+        if patch.std() < _MIN_STD:  # flat background (black sky, retina border): no content
+            continue
         out.append(F.interpolate(patch, size=(32, 32), mode="bilinear", antialias=True,
                                  align_corners=False)[0])
     return torch.stack(out).clamp(0, 1)

@@ -1,0 +1,87 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.data import load_dataset, partition_indices
+from fedsim.data.batches import local_batches
+from fedsim.data.datasets import CIFAR_FILES, DataNotFoundError
+
+
+def test_digits_is_real_and_in_unit_range():
+    ds = load_dataset("digits")
+    assert ds.x_train.shape[1:] == (1, 8, 8) and ds.num_classes == 10
+    assert len(ds.y_train) + len(ds.y_test) == 1797
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_natural32_classes_and_split():
+    ds = load_dataset("natural32")
+    assert ds.x_train.shape[1:] == (3, 32, 32)
+    assert ds.num_classes == 11 and set(ds.y_train.tolist()) == set(range(11))
+    assert len(ds.y_test) > 0
+    # no test crop equals a train crop
+    d = torch.cdist(ds.x_test.flatten(1), ds.x_train.flatten(1))
+    assert d.min() > 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_partitions_disjoint_cover_and_deterministic(scheme):
+    labels = load_dataset("digits").y_train.numpy()
+    parts = partition_indices(labels, 5, scheme, 0.5, seed=1)
+    flat = np.concatenate(parts)
+    assert len(flat) == len(set(flat.tolist())) == len(labels)
+    again = partition_indices(labels, 5, scheme, 0.5, seed=1)
+    other = partition_indices(labels, 5, scheme, 0.5, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_dirichlet_skew_is_visible():
+    labels = load_dataset("digits").y_train.numpy()
+
+    def mean_top_class_share(parts):
+        return np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts])
+
+    iid = mean_top_class_share(partition_indices(labels, 5, "iid", 0.1, seed=0))
+    skew = mean_top_class_share(partition_indices(labels, 5, "dirichlet", 0.1, seed=0))
+    assert iid < 0.2 and skew > 2 * iid
+
+
+def test_private_batches_are_reproducible():
+    part = np.arange(100, 200)
+    kw = dict(seed=3, server_round=2, partition_id=1, batch_size=8)
+    a = local_batches(part, algorithm="fedsgd", **kw)
+    assert len(a) == 1 and len(a[0]) == 8 and set(a[0]) <= set(part)
+    assert np.array_equal(a[0], local_batches(part, algorithm="fedsgd", **kw)[0])
+    epochs = local_batches(part, algorithm="fedavg", local_epochs=2, **kw)
+    assert len(epochs) == 2 * 13 and sorted(np.concatenate(epochs[:13])) == list(part)
+    assert len(local_batches(part, algorithm="fedavg", local_steps=5, **kw)) == 5
+
+
+def _write_tiny_cifar(folder, n=6):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR_FILES:
+        batch = {b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                 b"labels": list(rng.integers(0, 10, size=n))}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    return batch
+
+
+def test_cifar_loader_reads_real_format(tmp_path):
+    last = _write_tiny_cifar(tmp_path / "cifar-10-batches-py")
+    ds = load_dataset("cifar10", root=str(tmp_path))
+    assert ds.x_train.shape == (30, 3, 32, 32) and ds.x_test.shape == (6, 3, 32, 32)
+    expected = torch.from_numpy(last[b"data"].reshape(-1, 3, 32, 32).astype(np.float32) / 255)
+    assert torch.equal(ds.x_test, expected)
+    assert ds.y_test.tolist() == [int(v) for v in last[b"labels"]]
+
+
+def test_cifar_missing_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("cifar10", root=str(tmp_path / "nowhere"))
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and "data_batch_1" in msg and "Unpack" in msg

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from fedsim.models import batchnorm_layers, build_model
+
+
+@pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+def test_models_forward(name, shape):
+    m = build_model(name, shape, 10, [0.5] * shape[0], [0.25] * shape[0], "batch", 8)
+    assert m(torch.rand(2, *shape)).shape == (2, 10)
+    # normalisation constants are not state: updates carry only trainable state and BN stats
+    assert not any(k.startswith("normalize") for k in m.state_dict())
+
+
+@pytest.mark.parametrize("norm, count", [("batch", 20), ("group", 0), ("none", 0)])
+def test_resnet_norm_setting(norm, count):
+    m = build_model("resnet18", (3, 32, 32), 10, [0.5] * 3, [0.25] * 3, norm, 8)
+    assert len(batchnorm_layers(m)) == count
+
+
+def test_same_seed_same_init():
+    from tests.helpers import tiny_config
+    from fedsim.experiment import experiment_for
+
+    exp = experiment_for(tiny_config("/tmp"))
+    a, b = exp.new_model().state_dict(), exp.new_model().state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
