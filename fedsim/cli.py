@@ -32,6 +32,41 @@ def cmd_run(args) -> int:
         cfg = cfg.model_copy(update={"output_dir": args.output_dir})
     result = run_simulation(cfg, run_dir=args.run_dir, ray_address=args.ray_address)
     _print_summary(result)
+    if cfg.attack.enabled:
+        from fedsim.orchestration.attacks import attack_run
+
+        for rec in attack_run(cfg, result.run_dir):
+            print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
+                  f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  "
+                  f"label accuracy {rec['label_accuracy']:.2f}  -> {result.run_dir / rec['grid']}")
+    return 0
+
+
+def cmd_attack(args) -> int:
+    from fedsim.config import from_dict
+    from fedsim.orchestration.attacks import attack_capture
+
+    capture = Path(args.capture)
+    run_dir = capture.parent.parent.parent
+    cfg = load(args.config or run_dir / "config.toml")
+    overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,
+                 "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight}
+    attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    knowledge = {"bn_stats": args.bn_stats, "labels": args.labels, "batch_size": args.batch_size}
+    attack["knowledge"] = {**cfg.attack.knowledge.model_dump(),
+                           **{k: v for k, v in knowledge.items() if v is not None}}
+    if isinstance(attack["knowledge"]["batch_size"], str) and attack["knowledge"]["batch_size"].isdigit():
+        attack["knowledge"]["batch_size"] = int(attack["knowledge"]["batch_size"])
+    data = cfg.to_dict()
+    data["attack"] = attack
+    if args.device:
+        data["device"] = args.device
+    cfg = from_dict(data)
+    rec = attack_capture(cfg, capture, args.out or run_dir)
+    print(f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  RMSE {rec['rmse']:.3f}  "
+          f"LPIPS {rec['lpips'] if rec['lpips'] is not None else 'unavailable'}  "
+          f"label accuracy {rec['label_accuracy']:.2f}")
+    print(f"grid: {Path(args.out or run_dir) / rec['grid']}")
     return 0
 
 
@@ -55,6 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ray-address", help="attach to an existing Ray cluster (e.g. auto)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines")
     run.set_defaults(func=cmd_run)
+
+    att = sub.add_parser("attack", help="invert one saved capture and score it")
+    att.add_argument("capture", help="RUN_DIR/captures/round_RRR/server_client_PPP.pt")
+    att.add_argument("--config", help="experiment TOML (default: the run folder's config.toml)")
+    att.add_argument("--attack", help="attack name (registry: attacker/attacks)")
+    att.add_argument("--iterations", type=int)
+    att.add_argument("--restarts", type=int)
+    att.add_argument("--lr", type=float)
+    att.add_argument("--tv-weight", type=float)
+    att.add_argument("--bn-weight", type=float)
+    att.add_argument("--bn-stats", choices=["exact", "inferred", "none"])
+    att.add_argument("--labels", choices=["known", "restored", "optimised"])
+    att.add_argument("--batch-size", help="'known' or an assumed integer")
+    att.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    att.add_argument("--out", type=Path, help="write results here instead of the run folder")
+    att.set_defaults(func=cmd_attack)
 
     conf = sub.add_parser("config", help="show the resolved config or check a file")
     conf.add_argument("action", choices=["show", "check"])

@@ -82,6 +82,8 @@ class KnowledgeConfig(_Section):
     def _batch_positive(self) -> "KnowledgeConfig":
         if isinstance(self.batch_size, int) and self.batch_size < 1:
             raise ValueError("batch_size must be 'known' or a positive integer")
+        if self.labels == "known" and self.batch_size != "known":
+            raise ValueError("labels='known' implies the batch size: set batch_size = 'known'")
         return self
 
 
@@ -97,6 +99,8 @@ class AttackConfig(_Section):
     bn_weight: float = Field(default=1e-2, ge=0)
     restarts: int = Field(default=1, ge=1)
     init: Literal["randn", "rand", "zeros"] = "randn"
+    match_on: Literal["psnr", "ssim", "rmse", "lpips"] = Field(
+        default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
 
 
@@ -147,6 +151,11 @@ class ExperimentConfig(_Section):
                 raise ValueError(
                     f"attack.clients entry {c} is outside 0..{self.federation.num_clients - 1}"
                 )
+        if self.attack.enabled and self.capture.rounds != "all":
+            missing = sorted(set(self.attack.rounds) - set(self.capture.rounds))
+            if missing:
+                raise ValueError(f"attack.rounds {missing} are not in capture.rounds "
+                                 f"{self.capture.rounds}: the server keeps nothing to attack")
         _validate_registered(self)
         return self
 
@@ -163,7 +172,7 @@ def _validate_registered(cfg: ExperimentConfig) -> None:
     from attacker.attacks import ATTACKS
     from clients.defenses import DEFENSES, validate_defense_list
 
-    if ATTACKS and cfg.attack.name not in ATTACKS:  # registry filled by attacker.attacks
+    if cfg.attack.name not in ATTACKS:
         raise ValueError(f"attack.name {cfg.attack.name!r} is not one of {sorted(ATTACKS)}")
     unknown = [d.name for d in cfg.defenses if d.name not in DEFENSES]
     if unknown:

@@ -12,8 +12,13 @@ from fedsim.config import ExperimentConfig
 
 def declared_facts(cfg: ExperimentConfig) -> dict:
     """The public facts of a round that the server itself configured."""
+    from fedsim.experiment import experiment_for
+
     fed = cfg.federation
+    ds = experiment_for(cfg).dataset
     return {
+        "image_shape": list(ds.image_shape), "num_classes": ds.num_classes,
+        "mean": list(ds.mean), "std": list(ds.std),
         "algorithm": fed.algorithm, "lr": fed.lr, "batch_size": fed.batch_size,
         "local_epochs": fed.local_epochs, "local_steps": fed.local_steps,
         "model": cfg.model.name, "model_norm": cfg.model.norm, "model_width": cfg.model.width,
@@ -27,6 +32,7 @@ class ServerCapture:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.rounds = cfg.capture.rounds
+        self.facts = declared_facts(cfg)
         self.saved: list[Path] = []
 
     def wants(self, server_round: int) -> bool:
@@ -45,7 +51,7 @@ class ServerCapture:
             kind=kind,
             weights_before=weights_before.to_torch_state_dict(),
             update=content["arrays"].to_torch_state_dict(),
-            meta={**declared_facts(self.cfg), "node_id": int(reply.metadata.src_node_id),
+            meta={**self.facts, "node_id": int(reply.metadata.src_node_id),
                   "client_metrics": {k: float(v) for k, v in metrics.items()}},
         )
         self.saved.append(save_capture(self.run_dir, cap))

@@ -1,0 +1,70 @@
+"""What an attack is: a recipe that turns an observation plus knowledge into an
+`InversionProblem`, and an optimiser that solves it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, ClassVar, Optional
+
+import torch
+
+from attacker.inversion import Budget, InversionProblem, InversionResult
+from attacker.knowledge import Knowledge
+from attacker.labels import restore_labels
+from attacker.priors import inferred_bn_targets
+from attacker.target import Observation
+
+log = logging.getLogger("fedsim")
+
+
+class Attack:
+    name: ClassVar[str]
+    distance: ClassVar[str] = "cosine"
+    uses_bn_prior: ClassVar[bool] = False
+    signed: ClassVar[bool] = True
+
+    def __init__(self, budget: Budget):
+        self.budget = Budget(**{**budget.__dict__, "distance": self.distance,
+                                "signed": self.signed})
+
+    # -------------------------------------------------------------- building the problem
+    def labels(self, obs: Observation, knowledge: Knowledge) -> Optional[torch.Tensor]:
+        if knowledge.labels_mode == "known":
+            return knowledge.labels.to(next(obs.model.parameters()).device)
+        if knowledge.labels_mode == "restored":
+            return restore_labels(self.label_signal(obs), obs.model, knowledge.batch_size,
+                                  obs.image_shape).to(next(obs.model.parameters()).device)
+        return None
+
+    def label_signal(self, obs: Observation) -> dict[str, torch.Tensor]:
+        """The update the label rules read: the gradient itself for FedSGD."""
+        return obs.update
+
+    def bn_targets(self, obs: Observation, knowledge: Knowledge):
+        if not self.uses_bn_prior or knowledge.bn_stats == "none":
+            return None
+        if knowledge.bn_stats == "exact":
+            return knowledge.bn_targets
+        targets = inferred_bn_targets(obs.model)
+        return targets or None
+
+    def problem(self, obs: Observation, knowledge: Knowledge) -> InversionProblem:
+        update = obs.update
+        mask = None
+        if "gradprune" in obs.meta.get("defenses", []):  # declared: match surviving entries only
+            mask = {n: (t != 0).to(t.dtype) for n, t in update.items()}
+        return InversionProblem(
+            model=obs.model, target=update, batch_size=knowledge.batch_size,
+            image_shape=obs.image_shape, num_classes=obs.num_classes,
+            labels=self.labels(obs, knowledge), bn_targets=self.bn_targets(obs, knowledge),
+            mask=mask,
+        )
+
+    # -------------------------------------------------------------- solving it
+    def solve(self, problem: InversionProblem, seed: int,
+              progress: Optional[Callable[[int, float], None]]) -> InversionResult:
+        raise NotImplementedError
+
+    def run(self, obs: Observation, knowledge: Knowledge, *, seed: int = 0,
+            progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
+        return self.solve(self.problem(obs, knowledge), seed, progress)

@@ -1,0 +1,47 @@
+"""Attacks on FedAvg weight updates (several local steps).
+
+`fedavg_replay` replays the client's local SGD on the dummy data, with the declared (or
+assumed) learning rate, steps and batch size, and matches the resulting weight change.
+`fedavg_naive` is the baseline that treats (old - new) / lr as one gradient of one batch.
+Both assume the dummy data is visited in fixed sequential batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+from attacker.attacks.base import Attack
+from attacker.inversion import invert_adam
+
+
+def local_schedule(meta: dict, data_size: int) -> tuple[int, int, float]:
+    """(steps, batch size, lr) of the client's local training, from the declared facts."""
+    bs = int(meta["batch_size"])
+    steps = meta.get("local_steps") or int(meta["local_epochs"]) * math.ceil(data_size / bs)
+    return int(steps), bs, float(meta["lr"])
+
+
+class FedAvgReplay(Attack):
+    name = "fedavg_replay"
+
+    def label_signal(self, obs):
+        lr = float(obs.meta["lr"])
+        return {n: -u / lr for n, u in obs.update.items()}
+
+    def problem(self, obs, knowledge):
+        prob = super().problem(obs, knowledge)
+        steps, bs, lr = local_schedule(obs.meta, knowledge.batch_size)
+        prob.local_steps, prob.local_batch_size, prob.local_lr = max(steps, 2), bs, lr
+        return prob
+
+    def solve(self, problem, seed, progress):
+        return invert_adam(problem, self.budget, seed=seed, progress=progress)
+
+
+class FedAvgNaive(FedAvgReplay):
+    name = "fedavg_naive"
+
+    def problem(self, obs, knowledge):
+        prob = Attack.problem(self, obs, knowledge)
+        prob.target = self.label_signal(obs)  # (old - new) / lr as one gradient
+        return prob

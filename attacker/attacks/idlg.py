@@ -1,0 +1,14 @@
+"""iDLG (Zhao et al. 2020): DLG with the label read analytically from the last layer's
+gradient; defined for a batch of one."""
+
+from attacker.attacks.dlg import DLG
+from attacker.labels import idlg
+
+
+class IDLG(DLG):
+    name = "idlg"
+
+    def labels(self, obs, knowledge):
+        if knowledge.batch_size != 1:
+            raise ValueError("attack 'idlg' needs a batch of one (federation.batch_size = 1)")
+        return idlg(obs.update, obs.model).to(next(obs.model.parameters()).device)

@@ -1,0 +1,265 @@
+"""The inversion loop: optimise dummy images (and label logits) until their update matches.
+
+An `InversionProblem` says what to match; `simulate` says how dummy data becomes an update
+(one gradient for FedSGD, a replay of local SGD steps for FedAvg). The fast path computes
+every restart in one vmapped forward/backward/double-backward with torch.func; the
+reference path is the straightforward autograd loop, one restart at a time, kept for
+checking and benchmarking the fast one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+from attacker.objectives import DISTANCES
+from attacker.priors import bn_prior, total_variation
+from attacker.target import functional_copy
+
+
+@dataclass
+class InversionProblem:
+    model: nn.Module                        # at the round's start
+    target: dict[str, torch.Tensor]         # observed update, params only
+    batch_size: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    labels: Optional[torch.Tensor] = None   # fixed (known or restored); None: optimise jointly
+    bn_targets: Optional[list] = None       # BatchNorm prior targets, or None for no prior
+    mask: Optional[dict[str, torch.Tensor]] = None  # match only these entries (pruned updates)
+    local_steps: int = 1                    # >1: replay FedAvg local SGD on the dummy data
+    local_lr: float = 0.0
+    local_batch_size: Optional[int] = None
+
+
+@dataclass
+class Budget:
+    iterations: int = 10_000
+    lr: float = 0.1
+    tv_weight: float = 1e-4
+    bn_weight: float = 1e-2
+    restarts: int = 1
+    init: str = "randn"
+    distance: str = "cosine"
+    signed: bool = True
+
+
+@dataclass
+class InversionResult:
+    images: torch.Tensor                   # (B, C, H, W) in [0, 1]
+    labels: torch.Tensor                   # hard labels used or found
+    match_loss: float                      # gradient distance of the returned images
+    restart_losses: list[float]
+    iterations: int
+    seconds: float
+    device: str
+    history: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the update
+class UpdateSimulator:
+    """Maps dummy (x, y) to the update the client would have sent, functionally."""
+
+    def __init__(self, problem: InversionProblem):
+        self.problem = problem
+        self.model = functional_copy(problem.model)
+        self.params = {n: p.detach() for n, p in self.model.named_parameters()}
+        self.bn_layers = [m for m in self.model.modules()
+                          if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def _loss(self, params, x, y):
+        feats: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda mod, inp, out: feats.append(inp[0]))
+                 for m in self.bn_layers] if self.problem.bn_targets is not None else []
+        try:
+            logits = functional_call(self.model, params, (x,))
+        finally:
+            for h in hooks:
+                h.remove()
+        bn = bn_prior(feats, self.problem.bn_targets) if hooks else logits.new_zeros(())
+        return F.cross_entropy(logits, y), bn
+
+    def __call__(self, x, y):
+        """Returns (update dict, BatchNorm prior term of the first forward)."""
+        p = self.problem
+        if p.local_steps <= 1:
+            return grad(self._loss, has_aux=True)(self.params, x, y)
+        # FedAvg replay: SGD steps over fixed sequential batches of the dummy data
+        params, bs = self.params, p.local_batch_size or x.shape[0]
+        n_batches = math.ceil(x.shape[0] / bs)
+        for step in range(p.local_steps):
+            i = step % n_batches
+            g, bn_step = grad(self._loss, has_aux=True)(params, x[i * bs:(i + 1) * bs],
+                                                       y[i * bs:(i + 1) * bs])
+            bn = bn_step if step == 0 else bn
+            params = {n: params[n] - p.local_lr * g[n] for n in params}
+        return {n: params[n] - self.params[n] for n in params}, bn
+
+
+def _labels_from(y_param: torch.Tensor, fixed: Optional[torch.Tensor]) -> torch.Tensor:
+    return fixed if fixed is not None else F.softmax(y_param, dim=-1)
+
+
+def make_objective(problem: InversionProblem, budget: Budget):
+    """objective(x, y_logits) -> (total, match) for one restart."""
+    sim = UpdateSimulator(problem)
+    dist = DISTANCES[budget.distance]
+    fixed = problem.labels
+
+    def objective(x, y_logits):
+        y = _labels_from(y_logits, fixed)
+        update, bn = sim(x, y)
+        match = dist(update, problem.target, problem.mask)
+        total = match + budget.tv_weight * total_variation(x)
+        if problem.bn_targets is not None:
+            total = total + budget.bn_weight * bn
+        return total, match
+
+    return objective
+
+
+# --------------------------------------------------------------------------- init
+def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Generator,
+                  device) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (budget.restarts, problem.batch_size, *problem.image_shape)
+    if budget.init == "randn":
+        x = (0.5 + 0.25 * torch.randn(shape, generator=generator)).clamp(0, 1)
+    elif budget.init == "rand":
+        x = torch.rand(shape, generator=generator)
+    else:
+        x = torch.full(shape, 0.5)
+    y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
+    return x.to(device), y.to(device)
+
+
+def _schedule(optimizer, iterations):
+    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def _finish(problem, x, y_logits, losses, iters, t0, history) -> InversionResult:
+    best = int(torch.tensor(losses).argmin())
+    labels = problem.labels if problem.labels is not None else y_logits[best].argmax(-1)
+    return InversionResult(
+        images=x[best].detach().clamp(0, 1).cpu(), labels=labels.detach().cpu(),
+        match_loss=float(losses[best]), restart_losses=[float(v) for v in losses],
+        iterations=iters, seconds=time.perf_counter() - t0, device=str(x.device),
+        history=history,
+    )
+
+
+# --------------------------------------------------------------------------- Adam (fast)
+def invert_adam(problem: InversionProblem, budget: Budget, *, seed: int = 0,
+                progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
+    """Adam on the (signed) gradient, step decay at 3/8, 5/8, 7/8, pixels kept in [0, 1];
+    all restarts in one vmapped call."""
+    device = next(problem.model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    x, y_logits = initial_guess(problem, budget, gen, device)
+    x.requires_grad_(True)
+    y_logits.requires_grad_(problem.labels is None)
+    objective = make_objective(problem, budget)
+    step_fn = vmap(grad_and_value(objective, argnums=(0, 1), has_aux=True))
+    opt_vars = [x] + ([y_logits] if problem.labels is None else [])
+    opt = torch.optim.Adam(opt_vars, lr=budget.lr)
+    sched = _schedule(opt, budget.iterations)
+    t0, history = time.perf_counter(), []
+    for it in range(budget.iterations):
+        (gx, gy), (total, match) = step_fn(x.detach(), y_logits.detach())
+        x.grad = gx.sign() if budget.signed else gx
+        if problem.labels is None:
+            y_logits.grad = gy
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        if progress is not None or it % max(budget.iterations // 50, 1) == 0:
+            loss = float(match.min())
+            history.append(loss)
+            if progress is not None:
+                progress(it, loss)
+    with torch.no_grad():
+        _, (_, match) = step_fn(x.detach(), y_logits.detach())
+    return _finish(problem, x, y_logits, match.tolist(), budget.iterations, t0, history)
+
+
+def invert_adam_reference(problem: InversionProblem, budget: Budget, *, seed: int = 0
+                          ) -> InversionResult:
+    """The plain loop: autograd with create_graph=True, one restart after another."""
+    device = next(problem.model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = initial_guess(problem, budget, gen, device)
+    model = functional_copy(problem.model)
+    params = [p for _, p in model.named_parameters()]
+    names = [n for n, _ in model.named_parameters()]
+    dist = DISTANCES[budget.distance]
+    t0, losses, finals_x = time.perf_counter(), [], []
+    for r in range(budget.restarts):
+        x = xs[r].clone().requires_grad_(True)
+        yl = ys[r].clone().requires_grad_(problem.labels is None)
+        opt = torch.optim.Adam([x] + ([yl] if problem.labels is None else []), lr=budget.lr)
+        sched = _schedule(opt, budget.iterations)
+
+        def match_loss():
+            y = _labels_from(yl, problem.labels)
+            loss = F.cross_entropy(model(x), y)
+            g = dict(zip(names, torch.autograd.grad(loss, params, create_graph=True)))
+            return dist(g, problem.target, problem.mask)
+
+        for _ in range(budget.iterations):
+            opt.zero_grad()
+            total = match_loss() + budget.tv_weight * total_variation(x)
+            total.backward()
+            x.grad.sign_()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.clamp_(0, 1)
+        losses.append(float(match_loss()))
+        finals_x.append(x.detach())
+        ys[r] = yl.detach()
+    return _finish(problem, torch.stack(finals_x), ys, losses, budget.iterations, t0, [])
+
+
+# --------------------------------------------------------------------------- L-BFGS (DLG)
+def invert_lbfgs(problem: InversionProblem, budget: Budget, *, seed: int = 0,
+                 progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
+    """DLG's optimiser: L-BFGS on the full objective, restarts one after another (L-BFGS
+    keeps a curvature history per problem, so restarts cannot share one optimiser)."""
+    device = next(problem.model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = initial_guess(problem, budget, gen, device)
+    objective = make_objective(problem, budget)
+    t0, losses, history = time.perf_counter(), [], []
+    for r in range(budget.restarts):
+        x = xs[r].clone().requires_grad_(True)
+        yl = ys[r].clone().requires_grad_(problem.labels is None)
+        opt = torch.optim.LBFGS([x] + ([yl] if problem.labels is None else []), lr=budget.lr,
+                                history_size=100, max_iter=20, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            total, _ = objective(x, yl)
+            total.backward()
+            return total
+
+        for it in range(budget.iterations):
+            loss = float(opt.step(closure))
+            if not math.isfinite(loss):
+                break
+            with torch.no_grad():
+                x.clamp_(0, 1)
+            if progress is not None:
+                progress(it, loss)
+            history.append(loss)
+        with torch.no_grad():
+            losses.append(float(objective(x, yl)[1]))
+        xs[r], ys[r] = x.detach(), yl.detach()
+    return _finish(problem, xs, ys, losses, budget.iterations, t0, history)

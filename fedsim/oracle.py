@@ -1,0 +1,57 @@
+"""The evaluator's privileged side: the only code that re-derives a client's private batch.
+
+It grants the attacker exactly what its knowledge settings allow (true labels under
+labels="known", the batch's own BatchNorm statistics under bn_stats="exact") and hands the
+originals to the scoring step, never to the attack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attacker.knowledge import Knowledge
+from attacker.priors import BNRecorder, bn_inputs_stats
+from attacker.target import declared_data_size, functional_copy
+from clients.defenses import build_defenses
+from clients.local import training_batches
+from fedsim.capture import Capture
+from fedsim.config import KnowledgeConfig
+from fedsim.experiment import Experiment
+
+
+def private_indices(exp: Experiment, cap: Capture) -> np.ndarray:
+    """Train-set indices the client used in that round, in first-use order."""
+    batches = exp.client_batches(cap.round, cap.partition_id)
+    _, first = np.unique(np.concatenate(batches), return_index=True)
+    return np.concatenate(batches)[np.sort(first)]
+
+
+def private_batch(exp: Experiment, cap: Capture) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original private images (in [0, 1]) and labels behind a capture."""
+    idx = private_indices(exp, cap)
+    return exp.dataset.x_train[idx], exp.dataset.y_train[idx]
+
+
+@torch.no_grad()
+def exact_bn_targets(exp: Experiment, cap: Capture, model: torch.nn.Module):
+    """Per BatchNorm layer, mean and variance of its input on the first training batch the
+    client actually fed the model (after its data-stage defenses)."""
+    batches = training_batches(exp, cap.round, cap.partition_id, build_defenses(exp.cfg),
+                               next(model.parameters()).device)
+    clone = functional_copy(model)
+    rec = BNRecorder(clone)
+    clone(batches[0][0])
+    stats = bn_inputs_stats(rec.pop())
+    rec.close()
+    return stats
+
+
+def grant_knowledge(settings: KnowledgeConfig, exp: Experiment, cap: Capture,
+                    model: torch.nn.Module) -> Knowledge:
+    declared = declared_data_size(cap.meta, cap.kind)
+    batch_size = declared if settings.batch_size == "known" else int(settings.batch_size)
+    labels = private_batch(exp, cap)[1] if settings.labels == "known" else None
+    bn = exact_bn_targets(exp, cap, model) if settings.bn_stats == "exact" else None
+    return Knowledge(bn_stats=settings.bn_stats, labels_mode=settings.labels,
+                     batch_size=batch_size, labels=labels, bn_targets=bn)
