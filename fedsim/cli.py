@@ -25,18 +25,15 @@ def _print_summary(result) -> None:
 
 
 def cmd_run(args) -> int:
-    from fedsim.orchestration.simulation import run_simulation
+    from fedsim.orchestration.simulation import run_experiment
 
     cfg = load(args.config)
     if args.output_dir:
         cfg = cfg.model_copy(update={"output_dir": args.output_dir})
-    result = run_simulation(cfg, run_dir=args.run_dir, ray_address=args.ray_address)
+    result = run_experiment(cfg, run_dir=args.run_dir, ray_address=args.ray_address)
     _print_summary(result)
-    if cfg.attack.enabled:
-        from fedsim.orchestration.attacks import attack_run
-
-        for rec in attack_run(cfg, result.run_dir):
-            print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
+    for rec in result.attacks:
+        print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
                   f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  "
                   f"label accuracy {rec['label_accuracy']:.2f}  -> {result.run_dir / rec['grid']}")
     return 0

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsim.config import ExperimentConfig
@@ -28,6 +28,7 @@ class RunFailed(RuntimeError):
 class RunResult:
     run_dir: Path
     rounds: list[dict]
+    attacks: list[dict] = field(default_factory=list)
 
 
 def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None) -> Path:
@@ -100,3 +101,14 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
             f"see {run_dir / 'run.log'}"
         )
     return RunResult(run_dir, rows)
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
+                   ray_address: str | None = None, progress: bool = True) -> RunResult:
+    """The main job: the federated run, then the configured attacks on its captures."""
+    result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address)
+    if cfg.attack.enabled:
+        from fedsim.orchestration.attacks import attack_run
+
+        result.attacks = attack_run(cfg, result.run_dir, progress=progress)
+    return result
