@@ -37,6 +37,7 @@ class InversionProblem:
     local_steps: int = 1                    # >1: replay FedAvg local SGD on the dummy data
     local_lr: float = 0.0
     local_batch_size: Optional[int] = None
+    box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
 
 
 @dataclass
@@ -143,12 +144,14 @@ def make_objective(problem: InversionProblem, budget: Budget):
 def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Generator,
                   device) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (budget.restarts, problem.batch_size, *problem.image_shape)
+    lo, hi = problem.box
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
     if budget.init == "randn":
-        x = (0.5 + 0.25 * torch.randn(shape, generator=generator)).clamp(0, 1)
+        x = (mid + half * 0.5 * torch.randn(shape, generator=generator)).clamp(lo, hi)
     elif budget.init == "rand":
-        x = torch.rand(shape, generator=generator)
+        x = lo + (hi - lo) * torch.rand(shape, generator=generator)
     else:
-        x = torch.full(shape, 0.5)
+        x = torch.full(shape, mid)
     y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
     return x.to(device), y.to(device)
 
@@ -160,9 +163,11 @@ def _schedule(optimizer, iterations):
 
 def _finish(problem, x, y_logits, losses, iters, t0, history) -> InversionResult:
     best = int(torch.tensor(losses).argmin())
-    labels = problem.labels if problem.labels is not None else y_logits[best].argmax(-1)
+    labels = problem.labels if problem.labels is not None else y_logits[best]
+    if labels.dim() > 1:  # soft labels (optimised logits or mixed labels): report the argmax
+        labels = labels.argmax(-1)
     return InversionResult(
-        images=x[best].detach().clamp(0, 1).cpu(), labels=labels.detach().cpu(),
+        images=x[best].detach().clamp(*problem.box).cpu(), labels=labels.detach().cpu(),
         match_loss=float(losses[best]), restart_losses=[float(v) for v in losses],
         iterations=iters, seconds=time.perf_counter() - t0, device=str(x.device),
         history=history,
@@ -194,7 +199,7 @@ def invert_adam(problem: InversionProblem, budget: Budget, *, seed: int = 0,
         opt.step()
         sched.step()
         with torch.no_grad():
-            x.clamp_(0, 1)
+            x.clamp_(*problem.box)
         if progress is not None or it % max(budget.iterations // 50, 1) == 0:
             loss = float(match.min())
             history.append(loss)
@@ -247,7 +252,7 @@ def invert_adam_reference(problem: InversionProblem, budget: Budget, *, seed: in
             opt.step()
             sched.step()
             with torch.no_grad():
-                x.clamp_(0, 1)
+                x.clamp_(*problem.box)
         losses.append(float(match_loss().detach()))
         finals_x.append(x.detach())
         ys[r] = yl.detach()
@@ -281,7 +286,7 @@ def invert_lbfgs(problem: InversionProblem, budget: Budget, *, seed: int = 0,
             if not math.isfinite(loss):
                 break
             with torch.no_grad():
-                x.clamp_(0, 1)
+                x.clamp_(*problem.box)
             if progress is not None:
                 progress(it, loss)
             history.append(loss)

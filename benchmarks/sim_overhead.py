@@ -19,25 +19,17 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-from clients.local import train_round  # noqa: E402
 from fedsim.config import load  # noqa: E402
 from fedsim.experiment import experiment_for  # noqa: E402
+from fedsim.orchestration.inprocess import run_in_process  # noqa: E402
 from fedsim.orchestration.simulation import run_simulation  # noqa: E402
 
 
 def plain_loop(cfg) -> float:
     """Same clients, same batches, same FedAvg, sequential in one process."""
-    exp = experiment_for(cfg)
-    model = exp.new_model()
-    state = model.state_dict()
+    experiment_for(cfg)  # data loading is not part of a round
     t0 = time.perf_counter()
-    for rnd in range(1, cfg.federation.num_rounds + 1):
-        results = [train_round(exp, state, rnd, pid, [], torch.device("cpu"))
-                   for pid in range(cfg.federation.num_clients)]
-        total = sum(r.num_examples for r in results)
-        state = {k: sum(r.update[k].double() * r.num_examples for r in results) / total
-                 for k in state}
-        state = {k: v.to(model.state_dict()[k].dtype) for k, v in state.items()}
+    run_in_process(cfg)
     return (time.perf_counter() - t0) / cfg.federation.num_rounds
 
 
@@ -48,7 +40,9 @@ def main() -> None:
     args = ap.parse_args()
     cfg = load()
     fed = cfg.federation.model_copy(update={"num_rounds": args.rounds, "num_clients": args.clients})
+    attack = cfg.attack.model_copy(update={"enabled": False})
     cfg = cfg.model_copy(update={"federation": fed, "output_dir": tempfile.mkdtemp(),
+                                 "attack": attack,
                                  "capture": cfg.capture.model_copy(update={"rounds": []})})
     torch.set_num_threads(cfg.threads)
     plain = plain_loop(cfg)

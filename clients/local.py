@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from clients.defenses import Defense
@@ -30,18 +31,25 @@ def training_batches(exp: Experiment, server_round: int, partition_id: int,
     """The client's private batches of this round, after its data-stage defenses."""
     ds = exp.dataset
     rng = defense_rng(exp.cfg.seed, server_round, partition_id)
+    partition = exp.partitions[partition_id]
+    pool = (ds.x_train[partition], ds.y_train[partition])
     out = []
     for idx in exp.client_batches(server_round, partition_id):
         x, y = ds.x_train[idx], ds.y_train[idx]
         for d in defenses:
             if d.stage == "data":
-                x, y = d.transform_batch(x, y, ds.num_classes, rng)
+                x, y = d.transform_batch(x, y, ds.num_classes, rng,
+                                         (*pool, np.searchsorted(partition, idx)))
         out.append((x.to(device), y.to(device)))
     return out
 
 
 def train_round(exp: Experiment, global_state: dict[str, torch.Tensor], server_round: int,
-                partition_id: int, defenses: list[Defense], device: torch.device) -> LocalResult:
+                partition_id: int, defenses: list[Defense], device: torch.device,
+                state: dict | None = None) -> LocalResult:
+    """`state` is the client's persistent state across rounds (e.g. DP steps taken)."""
+    state = state if state is not None else {}
+    state["partition_size"] = len(exp.partitions[partition_id])
     model = exp.new_model()
     model.load_state_dict(global_state)
     model.to(device)
@@ -50,7 +58,7 @@ def train_round(exp: Experiment, global_state: dict[str, torch.Tensor], server_r
     extras: dict[str, float] = {}
     trainer = next((d for d in defenses if d.stage == "training"), None)
     if trainer is not None:
-        update, loss, acc, seen, extras = trainer.train(model, batches, fed, server_round)
+        update, loss, acc, seen, extras = trainer.train(model, batches, fed, state)
         kind = "gradient" if fed.algorithm == "fedsgd" else "weights"
     elif fed.algorithm == "fedsgd":
         (x, y), = batches

@@ -47,11 +47,21 @@ def exact_bn_targets(exp: Experiment, cap: Capture, model: torch.nn.Module):
     return stats
 
 
+def training_labels(exp: Experiment, cap: Capture, count: int) -> torch.Tensor:
+    """The labels the client trained with: hard labels, or the soft mixed labels of a
+    data-stage defense (MixUp, InstaHide), in first-use order."""
+    defenses = build_defenses(exp.cfg)
+    if not any(d.stage == "data" for d in defenses):
+        return private_batch(exp, cap)[1]
+    batches = training_batches(exp, cap.round, cap.partition_id, defenses, torch.device("cpu"))
+    return torch.cat([y for _, y in batches])[:count]
+
+
 def grant_knowledge(settings: KnowledgeConfig, exp: Experiment, cap: Capture,
                     model: torch.nn.Module) -> Knowledge:
     declared = declared_data_size(cap.meta, cap.kind)
     batch_size = declared if settings.batch_size == "known" else int(settings.batch_size)
-    labels = private_batch(exp, cap)[1] if settings.labels == "known" else None
+    labels = training_labels(exp, cap, batch_size) if settings.labels == "known" else None
     bn = exact_bn_targets(exp, cap, model) if settings.bn_stats == "exact" else None
     return Knowledge(bn_stats=settings.bn_stats, labels_mode=settings.labels,
                      batch_size=batch_size, labels=labels, bn_targets=bn)

@@ -9,6 +9,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from clients.defenses import build_defenses
 from clients.training import evaluate
 from fedsim.experiment import experiment_for
 from fedsim.records import append_row
@@ -63,6 +64,9 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=fed.num_clients,
         fraction_evaluate=0.0,
     )
+    for defense in build_defenses(cfg):
+        if defense.stage == "transport":
+            strategy = defense.wrap_strategy(strategy, per_round)
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),

@@ -57,8 +57,13 @@ class Attack:
             model=obs.model, target=update, batch_size=knowledge.batch_size,
             image_shape=obs.image_shape, num_classes=obs.num_classes,
             labels=self.labels(obs, knowledge), bn_targets=self.bn_targets(obs, knowledge),
-            mask=mask,
+            mask=mask, box=(-1.0, 1.0) if self.sign_flipped(obs) else (0.0, 1.0),
         )
+
+    @staticmethod
+    def sign_flipped(obs: Observation) -> bool:
+        """Declared Intra-InstaHide: inputs are sign-flipped mixes in [-1, 1]."""
+        return "instahide" in obs.meta.get("defenses", [])
 
     # -------------------------------------------------------------- solving it
     def solve(self, problem: InversionProblem, seed: int,
@@ -67,4 +72,7 @@ class Attack:
 
     def run(self, obs: Observation, knowledge: Knowledge, *, seed: int = 0,
             progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
-        return self.solve(self.problem(obs, knowledge), seed, progress)
+        result = self.solve(self.problem(obs, knowledge), seed, progress)
+        if self.sign_flipped(obs):  # InstaHide: the attacker's best guess is |mix|
+            result.images = result.images.abs()
+        return result

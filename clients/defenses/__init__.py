@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from clients.defenses.base import STAGES, Defense
+from clients.defenses.dpsgd import DPSGD
+from clients.defenses.flower_dp import FlowerCentralDP, FlowerLocalDP
+from clients.defenses.gradprune import GradPrune
+from clients.defenses.instahide import IntraInstaHide
+from clients.defenses.mixup import MixUp
 
 if TYPE_CHECKING:
     from fedsim.config import ExperimentConfig
 
-DEFENSES: dict[str, type[Defense]] = {}
-
-
-def register(cls: type[Defense]) -> type[Defense]:
-    DEFENSES[cls.name] = cls
-    return cls
+DEFENSES: dict[str, type[Defense]] = {
+    cls.name: cls
+    for cls in (GradPrune, MixUp, IntraInstaHide, DPSGD, FlowerLocalDP, FlowerCentralDP)
+}
 
 
 def build_defenses(cfg: "ExperimentConfig") -> list[Defense]:
@@ -22,7 +25,8 @@ def build_defenses(cfg: "ExperimentConfig") -> list[Defense]:
 
 
 def validate_defense_list(cfg: "ExperimentConfig") -> None:
-    """Params are valid and stages come in pipeline order (data before update, ...)."""
+    """Params are valid, stages come in pipeline order (data before update, ...), at most
+    one defense replaces the training step, and each defense accepts the rest of the config."""
     built = build_defenses(cfg)
     order = [STAGES.index(d.stage) for d in built]
     for i in range(1, len(order)):
@@ -32,9 +36,15 @@ def validate_defense_list(cfg: "ExperimentConfig") -> None:
                 f"{built[i - 1].name!r} ({built[i - 1].stage} stage); list defenses in the "
                 f"order a round applies them: {' -> '.join(STAGES)}"
             )
+    for stage in ("training",):
+        names = [d.name for d in built if d.stage == stage]
+        if len(names) > 1:
+            raise ValueError(f"defenses: at most one {stage}-stage defense, got {names}")
     for d in built:
+        if hasattr(d, "adjust_config"):
+            d.adjust_config(cfg)
         if hasattr(d, "check_config"):
             d.check_config(cfg)
 
 
-__all__ = ["DEFENSES", "Defense", "build_defenses", "register", "validate_defense_list"]
+__all__ = ["DEFENSES", "Defense", "build_defenses", "validate_defense_list"]

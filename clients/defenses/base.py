@@ -39,7 +39,8 @@ class Defense:
 
     # data stage -------------------------------------------------------------------------
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                        rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                        rng: np.random.Generator, pool) -> tuple[torch.Tensor, torch.Tensor]:
+        """`pool` is (images, labels, batch positions in it) of the client's own data."""
         raise NotImplementedError
 
     # update stage -----------------------------------------------------------------------

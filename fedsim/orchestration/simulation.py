@@ -68,7 +68,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     import ray
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    from clients.app import app as client_app
+    from clients.app import make_client_app
     from server.app import app as server_app
 
     run_dir = prepare_run_dir(cfg, run_dir)
@@ -80,7 +80,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         _start_ray(cfg, env, address)
         flwr_run_simulation(
             server_app=server_app,
-            client_app=client_app,
+            client_app=make_client_app(cfg),
             num_supernodes=cfg.federation.num_clients,
             backend_config={"client_resources": {
                 "num_cpus": cfg.simulation.cpus_per_client,

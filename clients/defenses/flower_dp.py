@@ -1,0 +1,78 @@
+"""Flower's differential privacy, configured from the experiment file.
+
+`flower_local_dp`: Flower's `LocalDpMod` on every client: clip the model update to
+`clipping_norm`, add Gaussian noise for (epsilon, delta) local DP with `sensitivity`.
+`flower_central_dp`: Flower's central DP with fixed clipping, server side (the server clips
+and noises the aggregate: it still sees each individual update) or client side (clients
+clip with `fixedclipping_mod`, the server adds noise).
+
+Both act on FedAvg weight updates: Flower's mods compute new - old weights, which is
+meaningless for FedSGD gradients, so FedSGD is rejected at config time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from clients.defenses.base import Defense, DefenseParams
+
+
+class _FlowerDP(Defense):
+    stage = "transport"
+
+    def check_config(self, cfg) -> None:
+        if cfg.federation.algorithm != "fedavg":
+            raise ValueError(f"defenses entry {self.name!r} needs federation.algorithm = "
+                             "'fedavg' (Flower's DP mods clip weight updates)")
+        if cfg.model.name != "lenet" and cfg.model.norm == "batch":
+            raise ValueError(f"defenses entry {self.name!r}: noise cannot be added to "
+                             "BatchNorm's integer counters; use model.norm 'group' or 'none'")
+
+    def client_mods(self) -> list:
+        return []
+
+    def wrap_strategy(self, strategy, num_sampled: int):
+        return strategy
+
+
+class FlowerLocalDP(_FlowerDP):
+    name = "flower_local_dp"
+
+    class Params(DefenseParams):
+        clipping_norm: float = Field(default=1.0, gt=0)
+        sensitivity: float = Field(default=1.0, gt=0)
+        epsilon: float = Field(default=10.0, gt=0)
+        delta: float = Field(default=1e-5, gt=0, lt=1)
+
+    def client_mods(self):
+        from flwr.clientapp.mod import LocalDpMod
+
+        p = self.params
+        return [LocalDpMod(p.clipping_norm, p.sensitivity, p.epsilon, p.delta)]
+
+
+class FlowerCentralDP(_FlowerDP):
+    name = "flower_central_dp"
+
+    class Params(DefenseParams):
+        side: Literal["server", "client"] = "server"
+        noise_multiplier: float = Field(default=0.5, ge=0)
+        clipping_norm: float = Field(default=1.0, gt=0)
+
+    def client_mods(self):
+        if self.params.side == "client":
+            from flwr.clientapp.mod import fixedclipping_mod
+
+            return [fixedclipping_mod]
+        return []
+
+    def wrap_strategy(self, strategy, num_sampled: int):
+        from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
+                                             DifferentialPrivacyServerSideFixedClipping)
+
+        cls = (DifferentialPrivacyServerSideFixedClipping if self.params.side == "server"
+               else DifferentialPrivacyClientSideFixedClipping)
+        return cls(strategy, noise_multiplier=self.params.noise_multiplier,
+                   clipping_norm=self.params.clipping_norm, num_sampled_clients=num_sampled)
