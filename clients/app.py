@@ -3,19 +3,22 @@
 The reply carries the update, the partition id (node ids are random), the number of
 examples and the training loss/accuracy. The private batch never travels: it is a function
 of (seed, round, partition) that the evaluator can re-derive. Transport-stage defenses add
-Flower client mods (Flower's DP), so the app is built per experiment.
+Flower client mods (Flower's DP, SecAgg+), so the app is built per experiment; SecAgg+
+exists only on Flower's legacy path, so with it the same round runs behind a NumPyClient.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from clients.defenses import build_defenses
-from clients.local import train_round
+from clients.local import LocalResult, train_round
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
 from fedsim.experiment import experiment_for
@@ -24,17 +27,16 @@ from fedsim.runtime import config_from_runtime
 STATE_KEY = "fedsim-client-state"
 
 
-def train(msg: Message, context: Context) -> Message:
+def client_round(context: Context, global_state: dict[str, torch.Tensor],
+                 server_round: int) -> tuple[LocalResult, dict]:
+    """One round for this node, with its persistent state; returns the result and metrics."""
     cfg = config_from_runtime(context.run_config)
     torch.set_num_threads(cfg.threads)
-    exp = experiment_for(cfg)
     partition_id = int(context.node_config["partition-id"])
-    server_round = int(msg.content["config"]["server-round"])
-    global_state = msg.content["arrays"].to_torch_state_dict()
     state = dict(context.state[STATE_KEY]) if STATE_KEY in context.state else {}
-    result = train_round(exp, global_state, server_round, partition_id,
+    result = train_round(experiment_for(cfg), global_state, server_round, partition_id,
                          build_defenses(cfg), resolve_device(cfg.device), state)
-    context.state[STATE_KEY] = ConfigRecord({k: v for k, v in state.items()})
+    context.state[STATE_KEY] = ConfigRecord(dict(state))
     metrics = {
         "partition-id": partition_id,
         "num-examples": result.num_examples,
@@ -42,6 +44,12 @@ def train(msg: Message, context: Context) -> Message:
         "train-accuracy": float(result.accuracy),
         **{k: float(v) for k, v in result.extras.items()},
     }
+    return result, metrics
+
+
+def train(msg: Message, context: Context) -> Message:
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    result, metrics = client_round(context, global_state, int(msg.content["config"]["server-round"]))
     content = RecordDict({
         "arrays": ArrayRecord(result.update),
         "metrics": MetricRecord(metrics),
@@ -50,11 +58,29 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+class LegacyClient(NumPyClient):
+    """The same round for Flower's legacy workflows (SecAgg+): arrays in state-dict order;
+    a FedSGD gradient is sent with zeros in place of buffers so every client sends the
+    same list of arrays."""
+
+    def __init__(self, context: Context):
+        self.context = context
+
+    def fit(self, parameters, config):
+        cfg = config_from_runtime(self.context.run_config)
+        keys = list(experiment_for(cfg).new_model().state_dict())
+        state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, parameters)}
+        result, metrics = client_round(self.context, state, int(config["server-round"]))
+        arrays = [result.update[k].numpy() if k in result.update else np.zeros_like(state[k].numpy())
+                  for k in keys]
+        return arrays, result.num_examples, {**metrics, "kind": result.kind}
+
+
 def make_client_app(cfg: Optional[ExperimentConfig]) -> ClientApp:
-    mods = []
-    for d in build_defenses(cfg) if cfg is not None else []:
-        if d.stage == "transport":
-            mods.extend(d.client_mods())
+    defenses = build_defenses(cfg) if cfg is not None else []
+    mods = [m for d in defenses if d.stage == "transport" for m in d.client_mods()]
+    if any(getattr(d, "legacy_workflow", False) for d in defenses):
+        return ClientApp(client_fn=lambda context: LegacyClient(context).to_client(), mods=mods)
     client_app = ClientApp(mods=mods)
     client_app.train()(train)
     return client_app

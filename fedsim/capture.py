@@ -33,13 +33,22 @@ def round_dir(root: Path, server_round: int) -> Path:
     return Path(root) / "captures" / f"round_{server_round:03d}"
 
 
+AGGREGATE = -1  # partition_id of a capture that holds only the round's aggregate
+
+
+def capture_stem(observer: str, partition_id: int) -> str:
+    if partition_id == AGGREGATE:
+        return f"{observer}_aggregate"
+    return f"{observer}_client_{partition_id:03d}"
+
+
 def save_capture(root: Path, cap: Capture) -> Path:
     folder = round_dir(root, cap.round)
     folder.mkdir(parents=True, exist_ok=True)
     global_path = folder / "global.pt"
     if not global_path.exists():
         torch.save(cap.weights_before, global_path)
-    stem = folder / f"{cap.observer}_client_{cap.partition_id:03d}"
+    stem = folder / capture_stem(cap.observer, cap.partition_id)
     torch.save(cap.update, stem.with_suffix(".pt"))
     header = {k: v for k, v in asdict(cap).items() if k not in ("weights_before", "update")}
     stem.with_suffix(".json").write_text(json.dumps(header, indent=2, sort_keys=True))
@@ -60,4 +69,6 @@ def load_capture(path: Path) -> Capture:
 
 
 def list_captures(run_dir: Path, observer: str = "server") -> list[Path]:
-    return sorted((Path(run_dir) / "captures").glob(f"round_*/{observer}_client_*.pt"))
+    root = Path(run_dir) / "captures"
+    return sorted([*root.glob(f"round_*/{observer}_client_*.pt"),
+                   *root.glob(f"round_*/{observer}_aggregate.pt")])

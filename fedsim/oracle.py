@@ -15,16 +15,26 @@ from attacker.priors import BNRecorder, bn_inputs_stats
 from attacker.target import declared_data_size, functional_copy
 from clients.defenses import build_defenses
 from clients.local import training_batches
-from fedsim.capture import Capture
+from fedsim.capture import AGGREGATE, Capture
 from fedsim.config import KnowledgeConfig
 from fedsim.experiment import Experiment
 
 
+def member_partitions(cap: Capture) -> list[int]:
+    """The clients behind a capture: one, or all of a round's aggregate."""
+    if cap.partition_id == AGGREGATE:
+        return list(cap.meta["partitions"])
+    return [cap.partition_id]
+
+
 def private_indices(exp: Experiment, cap: Capture) -> np.ndarray:
-    """Train-set indices the client used in that round, in first-use order."""
-    batches = exp.client_batches(cap.round, cap.partition_id)
-    _, first = np.unique(np.concatenate(batches), return_index=True)
-    return np.concatenate(batches)[np.sort(first)]
+    """Train-set indices the client(s) used in that round, in first-use order."""
+    out = []
+    for pid in member_partitions(cap):
+        batches = np.concatenate(exp.client_batches(cap.round, pid))
+        _, first = np.unique(batches, return_index=True)
+        out.append(batches[np.sort(first)])
+    return np.concatenate(out)
 
 
 def private_batch(exp: Experiment, cap: Capture) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,8 +47,8 @@ def private_batch(exp: Experiment, cap: Capture) -> tuple[torch.Tensor, torch.Te
 def exact_bn_targets(exp: Experiment, cap: Capture, model: torch.nn.Module):
     """Per BatchNorm layer, mean and variance of its input on the first training batch the
     client actually fed the model (after its data-stage defenses)."""
-    batches = training_batches(exp, cap.round, cap.partition_id, build_defenses(exp.cfg),
-                               next(model.parameters()).device)
+    batches = training_batches(exp, cap.round, member_partitions(cap)[0],
+                               build_defenses(exp.cfg), next(model.parameters()).device)
     clone = functional_copy(model)
     rec = BNRecorder(clone)
     clone(batches[0][0])
@@ -53,8 +63,9 @@ def training_labels(exp: Experiment, cap: Capture, count: int) -> torch.Tensor:
     defenses = build_defenses(exp.cfg)
     if not any(d.stage == "data" for d in defenses):
         return private_batch(exp, cap)[1]
-    batches = training_batches(exp, cap.round, cap.partition_id, defenses, torch.device("cpu"))
-    return torch.cat([y for _, y in batches])[:count]
+    labels = [y for pid in member_partitions(cap)
+              for _, y in training_batches(exp, cap.round, pid, defenses, torch.device("cpu"))]
+    return torch.cat(labels)[:count]
 
 
 def grant_knowledge(settings: KnowledgeConfig, exp: Experiment, cap: Capture,

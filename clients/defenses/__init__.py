@@ -10,13 +10,15 @@ from clients.defenses.flower_dp import FlowerCentralDP, FlowerLocalDP
 from clients.defenses.gradprune import GradPrune
 from clients.defenses.instahide import IntraInstaHide
 from clients.defenses.mixup import MixUp
+from clients.defenses.secagg import SecAggPlus
 
 if TYPE_CHECKING:
     from fedsim.config import ExperimentConfig
 
 DEFENSES: dict[str, type[Defense]] = {
     cls.name: cls
-    for cls in (GradPrune, MixUp, IntraInstaHide, DPSGD, FlowerLocalDP, FlowerCentralDP)
+    for cls in (GradPrune, MixUp, IntraInstaHide, DPSGD, FlowerLocalDP, FlowerCentralDP,
+                SecAggPlus)
 }
 
 

@@ -19,7 +19,7 @@ from torchvision.utils import make_grid, save_image
 from attacker.attacks import ATTACKS
 from attacker.inversion import Budget
 from attacker.target import observe
-from fedsim.capture import load_capture
+from fedsim.capture import AGGREGATE, capture_stem, load_capture
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
 from fedsim.experiment import experiment_for
@@ -75,7 +75,8 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     obs = observe(cap, device)
     knowledge = grant_knowledge(cfg.attack.knowledge, exp, cap, obs.model)
     attack = ATTACKS[name](budget_from(cfg))
-    update, close = _progress_bar(cfg.attack.iterations, f"{name} r{cap.round} c{cap.partition_id}",
+    update, close = _progress_bar(cfg.attack.iterations,
+                                  f"{name} r{cap.round} {capture_stem(cap.observer, cap.partition_id)}",
                                   progress)
     try:
         result = attack.run(obs, knowledge, seed=cfg.seed, progress=update)
@@ -87,12 +88,14 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     match_on = cfg.attack.match_on if (cfg.attack.match_on != "lpips" or lpips_fn) else "psnr"
     scores = score_reconstruction(originals, result.images, true_labels, result.labels,
                                   match_on=match_on, lpips_fn=lpips_fn)
-    stem = f"round_{cap.round:03d}_client_{cap.partition_id:03d}_{cap.observer}_{name}"
+    stem = f"round_{cap.round:03d}_{capture_stem(cap.observer, cap.partition_id)}_{name}"
     out_dir = Path(run_dir) / "attacks"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_grid(out_dir / f"{stem}.png", originals, result.images[scores["pairing"]])
     record = {
         "round": cap.round, "partition_id": cap.partition_id, "observer": cap.observer,
+        "target": ("aggregate of partitions " + str(cap.meta.get("partitions"))
+                   + " (secure aggregation)") if cap.partition_id == AGGREGATE else "client",
         "attack": name, "kind": cap.kind, "batch_size": len(originals),
         "knowledge": {"bn_stats": knowledge.bn_stats, "labels": knowledge.labels_mode,
                       "batch_size": knowledge.batch_size},
@@ -120,8 +123,14 @@ def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> l
 
     results = []
     for rnd in cfg.attack.rounds:
+        aggregate = round_dir(run_dir, rnd) / f"{capture_stem('server', AGGREGATE)}.pt"
+        if aggregate.is_file():  # secure aggregation: no individual update exists
+            log.info("round %d: the server holds only the aggregate (secure aggregation); "
+                     "attacking the aggregate instead of clients %s", rnd, cfg.attack.clients)
+            results.append(attack_capture(cfg, aggregate, run_dir, progress=progress))
+            continue
         for client in cfg.attack.clients:
-            path = round_dir(run_dir, rnd) / f"server_client_{client:03d}.pt"
+            path = round_dir(run_dir, rnd) / f"{capture_stem('server', client)}.pt"
             if not path.is_file():
                 log.warning("no capture for round %d client %d (capture.rounds?)", rnd, client)
                 continue

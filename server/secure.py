@@ -1,0 +1,91 @@
+"""Rounds under Flower's SecAgg+ (legacy workflow): the server sees only the aggregate.
+
+The legacy FedAvg strategy below receives, after unmasking, the weighted average of the
+round's updates in place of every client's parameters; that aggregate is what its capture
+records (observer "server", partition "aggregate"). FedSGD applies it as one SGD step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.strategy import FedAvg as LegacyFedAvg
+from flwr.server.workflow import DefaultWorkflow
+
+from fedsim.capture import AGGREGATE, Capture, save_capture
+from fedsim.experiment import Experiment
+
+
+def _weighted(results, key: str) -> float:
+    total = sum(r.num_examples for _, r in results)
+    return sum(float(r.metrics.get(key, 0.0)) * r.num_examples for _, r in results) / max(total, 1)
+
+
+class AggregateCapturingFedAvg(LegacyFedAvg):
+    def __init__(self, *, exp: Experiment, capture, recorder, **kwargs):
+        super().__init__(**kwargs)
+        self.exp, self.capture, self.recorder = exp, capture, recorder
+        self.keys = list(exp.new_model().state_dict())
+        self.param_keys = {n for n, _ in exp.new_model().named_parameters()}
+        self._before: list[np.ndarray] = []
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self._before = parameters_to_ndarrays(parameters)
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def _as_state(self, arrays) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(np.array(a)) for k, a in zip(self.keys, arrays)}
+
+    def aggregate_fit(self, server_round, results, failures):
+        if not results:
+            return None, {}
+        # identical in every result; SecAgg+ dequantises to float64: back to the model's dtypes
+        aggregate = [np.asarray(a, dtype=b.dtype)
+                     for a, b in zip(parameters_to_ndarrays(results[0][1].parameters), self._before)]
+        kind = str(results[0][1].metrics.get("kind", "weights"))
+        metrics = {"train-loss": _weighted(results, "train-loss"),
+                   "train-accuracy": _weighted(results, "train-accuracy")}
+        self.recorder.record_train(server_round, metrics, len(results))
+        if self.capture.wants(server_round):
+            fed = self.exp.cfg.federation
+            before = self._as_state(self._before)
+            update = self._as_state(aggregate)
+            if kind == "gradient":
+                update = {k: v for k, v in update.items() if k in self.param_keys}
+            partitions = sorted(int(r.metrics["partition-id"]) for _, r in results)
+            meta = {**self.capture.facts, "secure_aggregation": True, "partitions": partitions,
+                    "client_metrics": {"num-examples": sum(r.num_examples for _, r in results)},
+                    "local_steps": fed.local_steps}
+            self.capture.saved.append(save_capture(self.capture.run_dir, Capture(
+                server_round, AGGREGATE, "server", kind, before, update, meta)))
+        if kind == "gradient":
+            lr = self.exp.cfg.federation.lr
+            new = [b - lr * g if k in self.param_keys else b
+                   for k, b, g in zip(self.keys, self._before, aggregate)]
+            return ndarrays_to_parameters([np.asarray(a, dtype=b.dtype)
+                                           for a, b in zip(new, self._before)]), metrics
+        return ndarrays_to_parameters(aggregate), metrics
+
+
+def run_secure(grid, context, exp: Experiment, secure_defense, capture, recorder) -> None:
+    cfg = exp.cfg
+    fed = cfg.federation
+    per_round = fed.clients_per_round or fed.num_clients
+
+    def evaluate_fn(server_round, ndarrays, config):
+        out = recorder.evaluate(server_round, strategy._as_state(ndarrays))
+        return None if out is None else (out[0], {"accuracy": out[1]})
+
+    strategy = AggregateCapturingFedAvg(
+        exp=exp, capture=capture, recorder=recorder,
+        fraction_fit=per_round / fed.num_clients, min_fit_clients=per_round,
+        min_available_clients=fed.num_clients, fraction_evaluate=0.0, min_evaluate_clients=0,
+        evaluate_fn=evaluate_fn, on_fit_config_fn=lambda rnd: {"server-round": rnd},
+        initial_parameters=ndarrays_to_parameters(
+            [v.numpy() for v in exp.new_model().state_dict().values()]),
+    )
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.num_rounds),
+                           strategy=strategy)
+    DefaultWorkflow(fit_workflow=secure_defense.workflow(exp))(grid, legacy)
