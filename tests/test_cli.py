@@ -24,7 +24,7 @@ def test_fedsim_attack_writes_grid_and_metrics(tmp_path):
     path = save_capture(run_dir, Capture(1, 0, "server", res.kind, before, res.update, meta))
     assert main(["attack", str(path), "--attack", "inverting_gradients", "--iterations", "100",
                  "--restarts", "2", "--labels", "restored"]) == 0
-    out = json.loads((run_dir / "attacks" / "round_001_client_000_server_inverting_gradients.json").read_text())
+    out = json.loads((run_dir / "attacks" / "round_001_server_client_000_inverting_gradients.json").read_text())
     assert (run_dir / out["grid"]).is_file()
     assert out["psnr"] > 30 and out["label_accuracy"] == 1.0
     assert out["knowledge"] == {"bn_stats": "none", "labels": "restored", "batch_size": 1}
