@@ -109,11 +109,12 @@ class UpdateSimulator:
         # FedAvg replay: SGD steps over fixed sequential batches of the dummy data
         params, bs = self.params, p.local_batch_size or x.shape[0]
         n_batches = math.ceil(x.shape[0] / bs)
+        bn = None
         for step in range(p.local_steps):
             i = step % n_batches
             g, bn_step = grad(self._loss, has_aux=True)(params, x[i * bs:(i + 1) * bs],
                                                        y[i * bs:(i + 1) * bs])
-            bn = bn_step if step == 0 else bn
+            bn = bn_step if bn is None else bn
             params = {n: params[n] - p.local_lr * g[n] for n in params}
         return {n: params[n] - self.params[n] for n in params}, bn
 

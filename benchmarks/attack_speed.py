@@ -9,11 +9,9 @@ benchmarks/results/attack_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -29,6 +27,7 @@ from fedsim.experiment import experiment_for
 from fedsim.metrics import LPIPSUnavailable, lpips_metric, score_reconstruction
 from fedsim.oracle import private_batch
 from server.capture import declared_facts
+from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def _cfg(data, model, algorithm="fedsgd", batch=1, **fed):
@@ -110,10 +109,7 @@ def main():
     qual, note = quality(args.quality_steps)
     result = {"device": "cpu", "threads": torch.get_num_threads(), "speed": rows,
               "quality": qual, "lpips_note": note}
-    path = Path(__file__).parent / "results" / "attack_speed.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result("attack_speed", result)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,15 @@ strategy wrappers act only in a Flower run and are measured there by the tests i
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
 from fedsim.config import from_dict
 from fedsim.experiment import experiment_for
 from fedsim.orchestration.inprocess import run_in_process
+from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 SETTINGS = {
     "none": [],
@@ -68,10 +67,7 @@ def main():
         r["time_ratio_vs_none"] = r["seconds_per_client_round"] / base
     out = {"experiment": "digits, LeNet, 4 clients, FedAvg 4 local steps of 8, lr 1.0",
            "rounds": args.rounds, "results": rows}
-    path = Path(__file__).parent / "results" / "defense_cost.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    write_result("defense_cost", out)
 
 
 if __name__ == "__main__":

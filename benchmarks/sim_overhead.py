@@ -7,11 +7,9 @@ plain PyTorch loop in this process. Writes benchmarks/results/sim_overhead.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +21,7 @@ from fedsim.config import load  # noqa: E402
 from fedsim.experiment import experiment_for  # noqa: E402
 from fedsim.orchestration.inprocess import run_in_process  # noqa: E402
 from fedsim.orchestration.simulation import run_simulation  # noqa: E402
+from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def plain_loop(cfg) -> float:
@@ -60,10 +59,7 @@ def main() -> None:
         "ratio_per_round": per_round / plain,
         "ratio_including_startup": total / (plain * args.rounds),
     }
-    path = Path(__file__).parent / "results" / "sim_overhead.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(json.dumps(out, indent=2))
+    write_result("sim_overhead", out)
 
 
 if __name__ == "__main__":
