@@ -43,12 +43,19 @@ def _lpips(cfg: ExperimentConfig):
         return None, str(err)
 
 
-def save_grid(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
-    """Originals on the top row, their best-matched reconstructions below."""
-    both = torch.cat([originals, reconstructions]).clamp(0, 1)
+def save_grid(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor,
+              per_row: int = 16) -> None:
+    """Rows of up to `per_row` originals, each above their best-matched reconstructions."""
+    rows = []
+    for start in range(0, len(originals), per_row):
+        o, r = originals[start:start + per_row], reconstructions[start:start + per_row]
+        pad = per_row - len(o) if len(originals) > per_row else 0
+        blank = torch.ones((pad, *o.shape[1:]))
+        rows += [o, blank, r, blank]
+    both = torch.cat(rows).clamp(0, 1)
     if both.shape[-1] < 32:
         both = F.interpolate(both, scale_factor=32 // both.shape[-1], mode="nearest")
-    save_image(make_grid(both, nrow=len(originals), padding=2, pad_value=1.0), path)
+    save_image(make_grid(both, nrow=min(per_row, len(originals)), padding=2, pad_value=1.0), path)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
