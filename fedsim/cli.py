@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "check" and not args.file:
         print("fedsim config check needs a FILE", file=sys.stderr)
         return 2
+    from fedsim.data.datasets import DataNotFoundError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, DataNotFoundError) as err:
         print(err, file=sys.stderr)
         return 2
 

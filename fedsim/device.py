@@ -10,5 +10,8 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        from fedsim.config import ConfigError
+
+        raise ConfigError("config error: field 'device': 'cuda' was asked for but no CUDA "
+                          "device is available; allowed here: 'auto' or 'cpu'")
     return torch.device(setting)

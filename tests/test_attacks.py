@@ -204,3 +204,32 @@ def test_attacker_never_imports_the_private_side():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
+    """Under bn_stats='exact' the prior is zero at the true images and positive elsewhere."""
+    from fedsim.config import KnowledgeConfig
+    from fedsim.oracle import grant_knowledge, private_batch
+    from server.capture import declared_facts
+
+    cfg = tiny_config(tmp_path, model={"name": "convnet", "norm": "batch", "width": 4},
+                      federation={"algorithm": "fedsgd", "batch_size": 3})
+    exp = experiment_for(cfg)
+    before = exp.new_model().state_dict()
+    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
+    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
+    cap = Capture(1, 0, "server", res.kind, before, res.update, meta)
+    obs = observe(cap)
+    k = grant_knowledge(KnowledgeConfig(bn_stats="exact", labels="known"), exp, cap, obs.model)
+    attack = ATTACKS["gradinversion"](Budget(iterations=5, tv_weight=0.0, bn_weight=1.0))
+    prob = attack.problem(obs, k)
+    assert prob.bn_targets is not None and len(prob.bn_targets) == 3
+    x, _ = private_batch(exp, cap)
+    total, match = make_objective(prob, attack.budget)(x, None)
+    assert float(total - match) < 1e-8
+    total_noise, match_noise = make_objective(prob, attack.budget)(torch.rand_like(x), None)
+    assert float(total_noise - match_noise) > 1e-3
+    inferred = grant_knowledge(KnowledgeConfig(bn_stats="inferred"), exp, cap, obs.model)
+    assert attack.problem(obs, inferred).bn_targets is not None  # running stats stand in
+    result = attack.run(obs, k)
+    assert result.images.shape == x.shape and torch.isfinite(result.images).all()

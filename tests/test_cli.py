@@ -38,3 +38,13 @@ def test_fedsim_attack_rejects_bad_option(tmp_path, capsys):
     code = main(["attack", str(run_dir / "captures" / "round_001" / "server_client_000.pt"),
                  "--attack", "nope"])
     assert code == 2 and "attack.name 'nope'" in capsys.readouterr().err
+
+
+def test_missing_cifar_stops_before_any_work(tmp_path, capsys):
+    exp_file = tmp_path / "c.toml"
+    exp_file.write_text(f'output_dir = "{tmp_path / "runs"}"\n[data]\nname = "cifar10"\n'
+                        f'root = "{tmp_path / "none"}"\n')
+    assert main(["run", str(exp_file)]) == 2
+    err = capsys.readouterr().err
+    assert "cifar-10-batches-py" in err and "Unpack" in err
+    assert not (tmp_path / "runs").exists()  # nothing started, no run folder

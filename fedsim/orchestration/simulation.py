@@ -71,6 +71,12 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     from clients.app import make_client_app
     from server.app import app as server_app
 
+    # Fail before any work: data present, partitions possible, device available.
+    from fedsim.device import resolve_device
+    from fedsim.experiment import experiment_for
+
+    resolve_device(cfg.device)
+    experiment_for(cfg)
     run_dir = prepare_run_dir(cfg, run_dir)
     env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
     os.environ.update(env)
