@@ -17,6 +17,15 @@ from attacker.target import Observation
 log = logging.getLogger("fedsim")
 
 
+def informative(update: dict[str, torch.Tensor], rel: float = 1e-5) -> dict[str, torch.Tensor]:
+    """Drop tensors whose update is structurally zero (norm below rel x the largest, e.g. a
+    bias right before a normalisation layer): they carry no signal, and a per-layer cosine
+    would weigh their rounding noise like a real layer."""
+    norms = {k: float(v.float().norm()) for k, v in update.items()}
+    top = max(norms.values(), default=0.0)
+    return {k: v for k, v in update.items() if norms[k] > rel * top} or update
+
+
 class Attack:
     name: ClassVar[str]
     distance: ClassVar[str] = "cosine"
@@ -49,7 +58,7 @@ class Attack:
         return targets or None
 
     def problem(self, obs: Observation, knowledge: Knowledge) -> InversionProblem:
-        update = obs.update
+        update = informative(obs.update)
         mask = None
         if "gradprune" in obs.meta.get("defenses", []):  # declared: match surviving entries only
             mask = {n: (t != 0).to(t.dtype) for n, t in update.items()}
