@@ -233,3 +233,26 @@ def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
     assert attack.problem(obs, inferred).bn_targets is not None  # running stats stand in
     result = attack.run(obs, k)
     assert result.images.shape == x.shape and torch.isfinite(result.images).all()
+
+
+@pytest.mark.parametrize("model", [{"name": "lenet"},
+                                   {"name": "convnet", "norm": "batch", "width": 4},
+                                   {"name": "convnet", "norm": "group", "width": 4},
+                                   {"name": "convnet", "norm": "none", "width": 4},
+                                   {"name": "resnet18", "norm": "batch", "width": 4}])
+def test_objective_is_zero_at_the_true_images(tmp_path, model):
+    """The attack's model of the update is exact: at the private batch it matches perfectly."""
+    from fedsim.oracle import private_batch
+    from server.capture import declared_facts
+
+    cfg = tiny_config(tmp_path, model=model, federation={"algorithm": "fedsgd", "batch_size": 3})
+    exp = experiment_for(cfg)
+    before = exp.new_model().state_dict()
+    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
+    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
+    obs = observe(Capture(1, 0, "server", res.kind, before, res.update, meta))
+    x, y = private_batch(exp, Capture(1, 0, "server", res.kind, before, res.update, meta))
+    attack = ATTACKS["inverting_gradients"](Budget(tv_weight=0.0))
+    prob = attack.problem(obs, Knowledge(labels_mode="known", labels=y, batch_size=3))
+    _, match = make_objective(prob, attack.budget)(x, None)
+    assert abs(float(match)) < 1e-4
