@@ -44,6 +44,9 @@ def cmd_attack(args) -> int:
     from fedsim.orchestration.attacks import attack_capture
 
     capture = Path(args.capture)
+    if not capture.with_suffix(".pt").is_file():
+        raise ConfigError(f"no capture at {capture}: expected RUN_DIR/captures/round_RRR/"
+                          "server_client_PPP.pt (or server_aggregate.pt)")
     run_dir = capture.parent.parent.parent
     cfg = load(args.config or run_dir / "config.toml")
     overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,

@@ -30,14 +30,17 @@ def test_fedsim_attack_writes_grid_and_metrics(tmp_path):
     assert out["knowledge"] == {"bn_stats": "none", "labels": "restored", "batch_size": 1}
 
 
-def test_fedsim_attack_rejects_bad_option(tmp_path, capsys):
+def test_fedsim_attack_rejects_bad_option_and_missing_capture(tmp_path, capsys):
     cfg = tiny_config(tmp_path)
     run_dir = tmp_path / "run"
-    (run_dir / "captures" / "round_001").mkdir(parents=True)
+    folder = run_dir / "captures" / "round_001"
+    folder.mkdir(parents=True)
     (run_dir / "config.toml").write_text(cfg.to_toml())
-    code = main(["attack", str(run_dir / "captures" / "round_001" / "server_client_000.pt"),
-                 "--attack", "nope"])
+    (folder / "server_client_000.pt").write_bytes(b"")
+    code = main(["attack", str(folder / "server_client_000.pt"), "--attack", "nope"])
     assert code == 2 and "attack.name 'nope'" in capsys.readouterr().err
+    assert main(["attack", str(folder / "server_client_009.pt")]) == 2
+    assert "no capture at" in capsys.readouterr().err
 
 
 def test_missing_cifar_stops_before_any_work(tmp_path, capsys):

@@ -21,6 +21,7 @@ from clients.defenses.base import Defense, DefenseParams
 from clients.training import accuracy, classification_loss
 
 log = logging.getLogger("fedsim")
+_notified: list[bool] = []
 
 
 class DPSGD(Defense):
@@ -40,8 +41,10 @@ class DPSGD(Defense):
                 raise ValueError(
                     "defenses entry 'dpsgd': Opacus cannot train BatchNorm models; set "
                     "model.norm = 'group' or 'none', or dpsgd param convert_batchnorm = true")
-            log.warning("dpsgd: model.norm 'batch' converted to 'group' for Opacus")
             m.norm = "group"
+            if not _notified:  # configs are re-validated in every process: say it once
+                log.warning("dpsgd: model.norm 'batch' converted to 'group' for Opacus")
+                _notified.append(True)
 
     def train(self, model, batches, fed, state: dict):
         """One FedSGD step or the FedAvg local steps, each clipped and noised per example."""
