@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from attacker.objectives import DISTANCES
-from attacker.priors import bn_prior, total_variation
+from attacker.priors import BNRecorder, bn_prior, total_variation
 from attacker.target import functional_copy
 
 
@@ -68,7 +68,7 @@ def _batched(problem: "InversionProblem", budget: Budget, device) -> bool:
 
 @dataclass
 class InversionResult:
-    images: torch.Tensor                   # (B, C, H, W) in [0, 1]
+    images: torch.Tensor                   # (B, C, H, W) inside the problem's pixel box
     labels: torch.Tensor                   # hard labels used or found
     match_loss: float                      # gradient distance of the returned images
     restart_losses: list[float]
@@ -86,19 +86,16 @@ class UpdateSimulator:
         self.problem = problem
         self.model = functional_copy(problem.model)
         self.params = {n: p.detach() for n, p in self.model.named_parameters()}
-        self.bn_layers = [m for m in self.model.modules()
-                          if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def _loss(self, params, x, y):
-        feats: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda mod, inp, out: feats.append(inp[0]))
-                 for m in self.bn_layers] if self.problem.bn_targets is not None else []
+        recorder = BNRecorder(self.model) if self.problem.bn_targets is not None else None
         try:
             logits = functional_call(self.model, params, (x,))
         finally:
-            for h in hooks:
-                h.remove()
-        bn = bn_prior(feats, self.problem.bn_targets) if hooks else logits.new_zeros(())
+            if recorder is not None:
+                recorder.close()
+        bn = (bn_prior(recorder.pop(), self.problem.bn_targets) if recorder is not None
+              else logits.new_zeros(()))
         return F.cross_entropy(logits, y), bn
 
     def __call__(self, x, y):

@@ -138,6 +138,13 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
+        from fedsim.data.datasets import IMAGE_SHAPES
+        from fedsim.models.resnet import MIN_SIDE
+
+        side = min(IMAGE_SHAPES[self.data.name][1:])
+        if self.model.name == "resnet18" and side < MIN_SIDE:
+            raise ValueError(f"model.name 'resnet18' needs images of at least {MIN_SIDE}x{MIN_SIDE}; "
+                             f"data.name {self.data.name!r} has {side}x{side} (use lenet or convnet)")
         if self.data.name == "cifar10" and not self.data.root:
             raise ValueError("data.root is required for cifar10 (the folder with cifar-10-batches-py)")
         for r in self.attack.rounds:

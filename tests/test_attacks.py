@@ -245,7 +245,9 @@ def test_objective_is_zero_at_the_true_images(tmp_path, model):
     from fedsim.oracle import private_batch
     from server.capture import declared_facts
 
-    cfg = tiny_config(tmp_path, model=model, federation={"algorithm": "fedsgd", "batch_size": 3})
+    data = {"name": "natural32" if model["name"] == "resnet18" else "digits"}
+    cfg = tiny_config(tmp_path, data=data, model=model,
+                      federation={"algorithm": "fedsgd", "batch_size": 3})
     exp = experiment_for(cfg)
     before = exp.new_model().state_dict()
     res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
@@ -254,5 +256,6 @@ def test_objective_is_zero_at_the_true_images(tmp_path, model):
     x, y = private_batch(exp, Capture(1, 0, "server", res.kind, before, res.update, meta))
     attack = ATTACKS["inverting_gradients"](Budget(tv_weight=0.0))
     prob = attack.problem(obs, Knowledge(labels_mode="known", labels=y, batch_size=3))
+    assert prob.image_shape == tuple(x.shape[1:])
     _, match = make_objective(prob, attack.budget)(x, None)
     assert abs(float(match)) < 1e-4

@@ -4,8 +4,9 @@ import torch
 from fedsim.models import batchnorm_layers, build_model
 
 
-@pytest.mark.parametrize("name", ["lenet", "convnet", "resnet18"])
-@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 32, 32)])
+@pytest.mark.parametrize("name, shape", [("lenet", (1, 8, 8)), ("lenet", (3, 32, 32)),
+                                         ("convnet", (1, 8, 8)), ("convnet", (3, 32, 32)),
+                                         ("resnet18", (3, 32, 32))])
 def test_models_forward(name, shape):
     m = build_model(name, shape, 10, [0.5] * shape[0], [0.25] * shape[0], "batch", 8)
     assert m(torch.rand(2, *shape)).shape == (2, 10)
@@ -26,3 +27,13 @@ def test_same_seed_same_init():
     exp = experiment_for(tiny_config("/tmp"))
     a, b = exp.new_model().state_dict(), exp.new_model().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resnet_refuses_tiny_images(tmp_path):
+    from fedsim.config import ConfigError
+    from tests.helpers import tiny_config
+
+    with pytest.raises(ValueError, match="at least 32x32"):
+        build_model("resnet18", (1, 8, 8), 10, [0.5], [0.25], "batch", 8)
+    with pytest.raises(ConfigError, match="model.name 'resnet18' needs images"):
+        tiny_config(tmp_path, model={"name": "resnet18"})

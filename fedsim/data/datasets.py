@@ -185,3 +185,4 @@ def load_cifar10(root: Optional[str] = None, **_) -> Dataset:
 
 
 LOADERS = {"digits": load_digits, "natural32": load_natural32, "cifar10": load_cifar10}
+IMAGE_SHAPES = {"digits": (1, 8, 8), "natural32": (3, 32, 32), "cifar10": (3, 32, 32)}

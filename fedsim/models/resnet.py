@@ -48,6 +48,17 @@ class ResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+MIN_SIDE = 32
+
+
 def resnet18(image_shape, num_classes, mean, std, norm="batch", width=64) -> ResNet:
-    """width=64 is the standard ResNet-18; smaller widths keep CPU tests fast."""
+    """width=64 is the standard ResNet-18; smaller widths keep CPU tests fast.
+
+    Inputs must be at least 32x32: smaller ones shrink the last stages to 1x1 maps, where
+    oneDNN's CPU convolution backward (torch 2.14.1) was seen to return nondeterministic
+    gradients and once to corrupt the heap (8x8 digits, tests/test_models.py).
+    """
+    if min(image_shape[1:]) < MIN_SIDE:
+        raise ValueError(f"model.name 'resnet18' needs images of at least {MIN_SIDE}x{MIN_SIDE}; "
+                         f"these are {image_shape[1]}x{image_shape[2]} (use lenet or convnet)")
     return ResNet(image_shape, num_classes, mean, std, norm, width)
