@@ -1,4 +1,5 @@
-"""The Flower ServerApp: FedAvg with capture, central evaluation every round, a metrics log.
+"""The Flower ServerApp: FedAvg observed by the capture, central evaluation every round, a
+metrics log.
 
 With secure aggregation the round runs on Flower's legacy SecAgg+ workflow instead
 (`server.secure`), where the server only ever holds the aggregate.
@@ -15,7 +16,7 @@ from fedsim.experiment import experiment_for
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
 from server.capture import ServerCapture
 from server.evaluation import RoundRecorder
-from server.strategy import CapturingFedAvg
+from server.strategy import FedSgdAwareFedAvg, ObservedStrategy
 
 app = ServerApp()
 
@@ -42,10 +43,9 @@ def main(grid: Grid, context: Context) -> None:
         out = recorder.evaluate(server_round, arrays.to_torch_state_dict())
         return MetricRecord({} if out is None else {"loss": out[0], "accuracy": out[1]})
 
-    strategy = CapturingFedAvg(
+    strategy = FedSgdAwareFedAvg(
         algorithm=fed.algorithm,
         server_lr=fed.lr,
-        on_reply=capture,
         on_train_metrics=recorder.record_train,
         fraction_train=per_round / fed.num_clients,
         min_train_nodes=per_round,
@@ -54,6 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     for defense in defenses:
         strategy = defense.wrap_strategy(strategy, per_round)
+    strategy = ObservedStrategy(strategy, on_reply=capture)  # outermost: sees raw replies
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(exp.new_model().state_dict()),

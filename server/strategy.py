@@ -1,8 +1,9 @@
-"""FedAvg that keeps what an honest-but-curious server keeps: every individual update.
+"""The server's strategies: FedAvg that also serves FedSGD, and the outermost observer that
+keeps what an honest-but-curious server keeps, every individual update as received.
 
-It aggregates exactly as Flower's FedAvg does (weighted by examples). For FedSGD the
-clients upload gradients, so the averaged gradient is applied as one server SGD step.
-Each client's reply is handed to an observer callback *before* aggregation.
+`ObservedStrategy` wraps whatever strategy the run uses (FedAvg alone, or FedAvg inside
+Flower's DP wrappers), so the capture sees each reply before any server-side clipping or
+aggregation touches it.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 ReplyObserver = Callable[[int, ArrayRecord, Message], None]
 
 
-class CapturingFedAvg(FedAvg):
+class FedSgdAwareFedAvg(FedAvg):
+    """Aggregates exactly as Flower's FedAvg (weighted by examples). For FedSGD the clients
+    upload gradients, so the averaged gradient is applied as one server SGD step."""
+
     def __init__(self, *, algorithm: str, server_lr: float,
-                 on_reply: Optional[ReplyObserver] = None,
                  on_train_metrics: Optional[Callable[[int, MetricRecord, int], None]] = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.algorithm = algorithm
         self.server_lr = server_lr
-        self.on_reply = on_reply
         self.on_train_metrics = on_train_metrics
         self._weights_before: dict[int, ArrayRecord] = {}
 
@@ -36,17 +38,42 @@ class CapturingFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        before = self._weights_before[server_round]
-        if self.on_reply is not None:
-            for msg in replies:
-                if not msg.has_error():
-                    self.on_reply(server_round, before, msg)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.on_train_metrics is not None and metrics is not None:
             self.on_train_metrics(server_round, metrics, sum(not m.has_error() for m in replies))
         if arrays is not None and self.algorithm == "fedsgd":
-            arrays = sgd_step(before, arrays, self.server_lr)
+            arrays = sgd_step(self._weights_before[server_round], arrays, self.server_lr)
         return arrays, metrics
+
+
+class ObservedStrategy(Strategy):
+    """Delegates everything to `inner`; hands each successful training reply, with the
+    weights sent out that round, to `on_reply` before `inner` sees it."""
+
+    def __init__(self, inner: Strategy, on_reply: ReplyObserver):
+        super().__init__()
+        self.inner, self.on_reply = inner, on_reply
+        self._sent: dict[int, ArrayRecord] = {}
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._sent = {server_round: arrays}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        for msg in replies:
+            if not msg.has_error():
+                self.on_reply(server_round, self._sent[server_round], msg)
+        return self.inner.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
 
 
 def sgd_step(weights: ArrayRecord, mean_grad: ArrayRecord, lr: float) -> ArrayRecord:

@@ -18,6 +18,8 @@ def _flat(d, before):
     {"name": "flower_local_dp", "params": {"clipping_norm": 0.5, "epsilon": 5.0}},
     {"name": "flower_central_dp", "params": {"side": "client", "clipping_norm": 0.5,
                                              "noise_multiplier": 0.1}},
+    {"name": "flower_central_dp", "params": {"side": "server", "clipping_norm": 0.5,
+                                             "noise_multiplier": 0.1}},
 ])
 def test_flower_dp_run_completes_and_changes_what_leaves_the_client(tmp_path, defense):
     cfg = tiny_config(tmp_path, federation={"num_rounds": 2, "local_steps": 3},
@@ -31,7 +33,10 @@ def test_flower_dp_run_completes_and_changes_what_leaves_the_client(tmp_path, de
         sent = _flat(cap.update, cap.weights_before)
         raw = _flat(plain.update, cap.weights_before)
         assert raw.norm() > 0.5  # so that clipping to 0.5 has work to do
-        if defense["name"] == "flower_central_dp":
+        if defense.get("params", {}).get("side") == "server":
+            # server-side DP clips and noises the aggregate only: the server saw the raw update
+            torch.testing.assert_close(sent, raw, rtol=1e-5, atol=1e-6)
+        elif defense["name"] == "flower_central_dp":
             # client-side clipping: the update is the raw one scaled down to the bound
             assert sent.norm() == pytest.approx(0.5, rel=1e-4)
             torch.testing.assert_close(sent, raw * (0.5 / raw.norm()), rtol=1e-4, atol=1e-6)
