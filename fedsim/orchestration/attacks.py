@@ -66,7 +66,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     bar = tqdm(total=total, desc=desc, leave=False)
 
     def update(it: int, loss: float) -> None:
-        bar.update(1)
+        bar.update(it + 1 - bar.n)
         bar.set_postfix(loss=f"{loss:.4g}")
 
     return update, bar.close
