@@ -43,3 +43,16 @@ def test_flower_dp_run_completes_and_changes_what_leaves_the_client(tmp_path, de
         else:
             # local DP: clipped, then Gaussian noise on every entry
             assert not torch.allclose(sent, raw * (0.5 / raw.norm()), atol=1e-3)
+
+
+def test_dpsgd_budget_accumulates_in_the_clients_flower_state(tmp_path):
+    """Each client's epsilon grows round after round: its DP steps live in the node state."""
+    cfg = tiny_config(tmp_path, federation={"num_rounds": 3, "local_steps": 2},
+                      defenses=[{"name": "dpsgd"}])
+    result = run_simulation(cfg)
+    eps = {}
+    for path in list_captures(result.run_dir):
+        cap = load_capture(path)
+        eps.setdefault(cap.partition_id, []).append(cap.meta["client_metrics"]["dp-epsilon"])
+    for series in eps.values():
+        assert len(series) == 3 and series[0] < series[1] < series[2]
