@@ -139,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fedsim.data.datasets import DataNotFoundError
 
+    from fedsim.orchestration.simulation import RunFailed
+
     try:
         return args.func(args)
     except (ConfigError, DataNotFoundError) as err:
         print(err, file=sys.stderr)
         return 2
+    except RunFailed as err:
+        print(f"run failed: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
