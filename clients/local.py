@@ -32,14 +32,15 @@ def training_batches(exp: Experiment, server_round: int, partition_id: int,
     ds = exp.dataset
     rng = defense_rng(exp.cfg.seed, server_round, partition_id)
     partition = exp.partitions[partition_id]
-    pool = (ds.x_train[partition], ds.y_train[partition])
+    data_stage = [d for d in defenses if d.stage == "data"]
+    # the client's own data, which mixing defenses draw partners from (copied only for them)
+    pool = (ds.x_train[partition], ds.y_train[partition]) if data_stage else None
     out = []
     for idx in exp.client_batches(server_round, partition_id):
         x, y = ds.x_train[idx], ds.y_train[idx]
-        for d in defenses:
-            if d.stage == "data":
-                x, y = d.transform_batch(x, y, ds.num_classes, rng,
-                                         (*pool, np.searchsorted(partition, idx)))
+        for d in data_stage:
+            x, y = d.transform_batch(x, y, ds.num_classes, rng,
+                                     (*pool, np.searchsorted(partition, idx)))
         out.append((x.to(device), y.to(device)))
     return out
 
