@@ -1,0 +1,86 @@
+"""The evaluator: scores an attack's reconstructions against the private originals, which
+only it may load (through `fedsim.oracle`), and records the result.
+
+Each attack leaves RUN_DIR/attacks/<stem>.png (originals over best-matched reconstructions)
+and <stem>.json (every score, per image), and one row in RUN_DIR/leakage.jsonl, written as
+soon as it is known so that a later failure loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid, save_image
+
+from attacker.inversion import InversionResult
+from attacker.knowledge import Knowledge
+from fedsim.capture import AGGREGATE, Capture, capture_stem
+from fedsim.config import ExperimentConfig
+from fedsim.experiment import Experiment
+from fedsim.metrics import LPIPSUnavailable, lpips_metric, score_reconstruction
+from fedsim.oracle import private_batch
+from fedsim.records import append_row
+
+log = logging.getLogger("fedsim")
+
+
+def _lpips(cfg: ExperimentConfig):
+    try:
+        return lpips_metric(cfg.evaluation.lpips_net), None
+    except LPIPSUnavailable as err:
+        return None, str(err)
+
+
+def save_grid(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor,
+              per_row: int = 16) -> None:
+    """Rows of up to `per_row` originals, each above their best-matched reconstructions."""
+    rows = []
+    for start in range(0, len(originals), per_row):
+        o, r = originals[start:start + per_row], reconstructions[start:start + per_row]
+        pad = per_row - len(o) if len(originals) > per_row else 0
+        blank = torch.ones((pad, *o.shape[1:]))
+        rows += [o, blank, r, blank]
+    both = torch.cat(rows).clamp(0, 1)
+    if both.shape[-1] < 32:
+        both = F.interpolate(both, scale_factor=32 // both.shape[-1], mode="nearest")
+    save_image(make_grid(both, nrow=min(per_row, len(originals)), padding=2, pad_value=1.0), path)
+
+
+def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: str,
+                  knowledge: Knowledge, result: InversionResult, run_dir: Path) -> dict:
+    originals, true_labels = private_batch(exp, cap)
+    lpips_fn, lpips_note = _lpips(cfg)
+    match_on = cfg.attack.match_on if (cfg.attack.match_on != "lpips" or lpips_fn) else "psnr"
+    scores = score_reconstruction(originals, result.images, true_labels, result.labels,
+                                  match_on=match_on, lpips_fn=lpips_fn)
+    stem = f"round_{cap.round:03d}_{capture_stem(cap.observer, cap.partition_id)}_{name}"
+    out_dir = run_dir / "attacks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_grid(out_dir / f"{stem}.png", originals, result.images[scores["pairing"]])
+    record = {
+        "round": cap.round, "partition_id": cap.partition_id, "observer": cap.observer,
+        "target": ("aggregate of partitions " + str(cap.meta.get("partitions"))
+                   + " (secure aggregation)") if cap.partition_id == AGGREGATE else "client",
+        "attack": name, "kind": cap.kind, "batch_size": len(originals),
+        "knowledge": {"bn_stats": knowledge.bn_stats, "labels": knowledge.labels_mode,
+                      "batch_size": knowledge.batch_size},
+        "iterations": result.iterations, "restarts": len(result.restart_losses),
+        "match_loss": result.match_loss, "seconds": result.seconds, "device": result.device,
+        "matched_on": match_on, "lpips": scores.get("lpips"),
+        "lpips_note": lpips_note, **{k: v for k, v in scores.items() if k != "lpips"},
+        "found_labels": result.labels.tolist(), "true_labels": true_labels.tolist(),
+        "grid": f"attacks/{stem}.png", "history": result.history,
+    }
+    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    append_row(run_dir / "leakage.jsonl",
+               {k: v for k, v in record.items() if k not in ("per_image", "history")})
+    log.info("attack %s on round %d %s: PSNR %.2f dB, SSIM %.3f, labels %.0f%%, %.1f s",
+             name, cap.round, capture_stem(cap.observer, cap.partition_id), scores["psnr"],
+             scores["ssim"], 100 * scores.get("label_accuracy", 0), result.seconds)
+    if lpips_note:
+        log.info("%s", lpips_note)
+    return record
