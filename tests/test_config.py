@@ -52,3 +52,12 @@ def test_cli_config_check_reports_error(tmp_path, capsys):
     assert "federation.num_clents" in capsys.readouterr().err
     assert main(["config", "show"]) == 0
     assert "[federation]" in capsys.readouterr().out
+
+
+def test_every_shipped_experiment_file_is_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+    assert files
+    for path in files:
+        load(path)
