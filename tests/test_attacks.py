@@ -259,3 +259,27 @@ def test_objective_is_zero_at_the_true_images(tmp_path, model):
     assert prob.image_shape == tuple(x.shape[1:])
     _, match = make_objective(prob, attack.budget)(x, None)
     assert abs(float(match)) < 1e-4
+
+
+def test_assumed_batch_size_shapes_the_attack_and_scoring(tmp_path):
+    """An attacker assuming 2 images behind a 4-image update makes 2; each of the 4
+    originals is then scored against its best reconstruction."""
+    from fedsim.config import KnowledgeConfig
+    from fedsim.oracle import grant_knowledge, private_batch
+    from server.capture import declared_facts
+
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 4})
+    exp = experiment_for(cfg)
+    before = exp.new_model().state_dict()
+    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
+    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
+    cap = Capture(1, 0, "server", res.kind, before, res.update, meta)
+    obs = observe(cap)
+    k = grant_knowledge(KnowledgeConfig(batch_size=2), exp, cap, obs.model)
+    assert k.batch_size == 2 and k.labels is None
+    result = ATTACKS["inverting_gradients"](Budget(iterations=20)).run(obs, k)
+    assert result.images.shape[0] == 2 and len(result.labels) == 2
+    x, y = private_batch(exp, cap)
+    scores = score_reconstruction(x, result.images, y, result.labels)
+    assert len(scores["pairing"]) == 4 and set(scores["pairing"]) <= {0, 1}
+    assert scores["label_accuracy"] <= 0.5
