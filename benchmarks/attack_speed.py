@@ -19,14 +19,12 @@ from attacker.attacks import ATTACKS
 from attacker.inversion import Budget, InversionProblem, invert_adam, invert_adam_reference
 from attacker.knowledge import Knowledge
 from attacker.target import observe
-from clients.local import train_round
 from clients.training import batch_gradient
-from fedsim.capture import Capture
 from fedsim.config import from_dict
 from fedsim.experiment import experiment_for
 from fedsim.metrics import LPIPSUnavailable, lpips_metric, score_reconstruction
 from fedsim.oracle import private_batch
-from server.capture import declared_facts
+from fedsim.orchestration.inprocess import local_capture
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 
@@ -35,14 +33,6 @@ def _cfg(data, model, algorithm="fedsgd", batch=1, **fed):
                       "data": {"name": data}, "model": model,
                       "federation": {"num_clients": 2, "algorithm": algorithm,
                                      "batch_size": batch, **fed}})
-
-
-def _capture(cfg):
-    exp = experiment_for(cfg)
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    return exp, Capture(1, 0, "server", res.kind, before, res.update, meta)
 
 
 def speed(name, cfg, batch, steps, restarts):
@@ -79,7 +69,7 @@ def quality(steps):
     avg = _cfg("digits", {"name": "lenet"}, algorithm="fedavg", batch=4, local_steps=4, lr=1.0)
     for name in ATTACKS:
         cfg = avg if name.startswith("fedavg") else sgd
-        exp, cap = _capture(cfg)
+        exp, cap = experiment_for(cfg), local_capture(cfg)
         obs = observe(cap)
         x, y = private_batch(exp, cap)
         k = Knowledge(labels_mode="restored", batch_size=len(y))

@@ -18,6 +18,7 @@ from clients.training import batch_gradient
 from fedsim.capture import Capture
 from fedsim.experiment import experiment_for
 from fedsim.metrics import psnr, score_reconstruction
+from fedsim.orchestration.inprocess import local_capture
 from tests.helpers import tiny_config
 
 
@@ -210,15 +211,11 @@ def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
     """Under bn_stats='exact' the prior is zero at the true images and positive elsewhere."""
     from fedsim.config import KnowledgeConfig
     from fedsim.oracle import grant_knowledge, private_batch
-    from server.capture import declared_facts
 
     cfg = tiny_config(tmp_path, model={"name": "convnet", "norm": "batch", "width": 4},
                       federation={"algorithm": "fedsgd", "batch_size": 3})
     exp = experiment_for(cfg)
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    cap = Capture(1, 0, "server", res.kind, before, res.update, meta)
+    cap = local_capture(cfg)
     obs = observe(cap)
     k = grant_knowledge(KnowledgeConfig(bn_stats="exact", labels="known"), exp, cap, obs.model)
     attack = ATTACKS["gradinversion"](Budget(iterations=5, tv_weight=0.0, bn_weight=1.0))
@@ -243,17 +240,13 @@ def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
 def test_objective_is_zero_at_the_true_images(tmp_path, model):
     """The attack's model of the update is exact: at the private batch it matches perfectly."""
     from fedsim.oracle import private_batch
-    from server.capture import declared_facts
 
     data = {"name": "natural32" if model["name"] == "resnet18" else "digits"}
     cfg = tiny_config(tmp_path, data=data, model=model,
                       federation={"algorithm": "fedsgd", "batch_size": 3})
-    exp = experiment_for(cfg)
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    obs = observe(Capture(1, 0, "server", res.kind, before, res.update, meta))
-    x, y = private_batch(exp, Capture(1, 0, "server", res.kind, before, res.update, meta))
+    cap = local_capture(cfg)
+    obs = observe(cap)
+    x, y = private_batch(experiment_for(cfg), cap)
     attack = ATTACKS["inverting_gradients"](Budget(tv_weight=0.0))
     prob = attack.problem(obs, Knowledge(labels_mode="known", labels=y, batch_size=3))
     assert prob.image_shape == tuple(x.shape[1:])
@@ -266,14 +259,10 @@ def test_assumed_batch_size_shapes_the_attack_and_scoring(tmp_path):
     originals is then scored against its best reconstruction."""
     from fedsim.config import KnowledgeConfig
     from fedsim.oracle import grant_knowledge, private_batch
-    from server.capture import declared_facts
 
     cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 4})
     exp = experiment_for(cfg)
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    cap = Capture(1, 0, "server", res.kind, before, res.update, meta)
+    cap = local_capture(cfg)
     obs = observe(cap)
     k = grant_knowledge(KnowledgeConfig(batch_size=2), exp, cap, obs.model)
     assert k.batch_size == 2 and k.labels is None

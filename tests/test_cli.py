@@ -2,26 +2,18 @@
 
 import json
 
-import torch
-
-from clients.local import train_round
-from fedsim.capture import Capture, save_capture
+from fedsim.capture import save_capture
 from fedsim.cli import main
-from fedsim.experiment import experiment_for
-from server.capture import declared_facts
+from fedsim.orchestration.inprocess import local_capture
 from tests.helpers import tiny_config
 
 
 def test_fedsim_attack_writes_grid_and_metrics(tmp_path):
     cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
-    exp = experiment_for(cfg)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.toml").write_text(cfg.to_toml())
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    path = save_capture(run_dir, Capture(1, 0, "server", res.kind, before, res.update, meta))
+    path = save_capture(run_dir, local_capture(cfg))
     assert main(["attack", str(path), "--attack", "inverting_gradients", "--iterations", "100",
                  "--restarts", "2", "--labels", "restored"]) == 0
     out = json.loads((run_dir / "attacks" / "round_001_server_client_000_inverting_gradients.json").read_text())

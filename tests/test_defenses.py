@@ -15,13 +15,11 @@ from clients.defenses.mixing import MixParams, mix
 from clients.defenses.mixup import MixUp
 from clients.local import train_round
 from clients.training import batch_gradient
-from fedsim.capture import Capture
 from fedsim.config import ConfigError, KnowledgeConfig
 from fedsim.experiment import experiment_for
 from fedsim.metrics import score_reconstruction
 from fedsim.oracle import grant_knowledge, private_batch
-from fedsim.orchestration.inprocess import run_in_process
-from server.capture import declared_facts
+from fedsim.orchestration.inprocess import local_capture, run_in_process
 from tests.helpers import tiny_config
 
 CPU = torch.device("cpu")
@@ -169,10 +167,7 @@ def _leakage(tmp_path, defenses):
     cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 4},
                       defenses=defenses)
     exp = experiment_for(cfg)
-    before = exp.new_model().state_dict()
-    res = train_round(exp, before, 1, 0, build_defenses(cfg), CPU)
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    cap = Capture(1, 0, "server", res.kind, before, res.update, meta)
+    cap = local_capture(cfg)
     obs = observe(cap)
     knowledge = grant_knowledge(KnowledgeConfig(labels="known"), exp, cap, obs.model)
     result = ATTACKS["inverting_gradients"](Budget(iterations=150, restarts=1)).run(obs, knowledge)

@@ -13,6 +13,7 @@ import torch
 from clients.defenses import build_defenses
 from clients.local import train_round
 from clients.training import evaluate
+from fedsim.capture import Capture
 from fedsim.config import ExperimentConfig
 from fedsim.experiment import experiment_for
 
@@ -42,3 +43,18 @@ def run_in_process(cfg: ExperimentConfig) -> list[dict]:
                   for k in results[0].extras}
         rows.append({"round": rnd, "global_accuracy": acc, "global_loss": loss, **extras})
     return rows
+
+
+def local_capture(cfg: ExperimentConfig, server_round: int = 1, partition_id: int = 0,
+                  weights: dict[str, torch.Tensor] | None = None) -> Capture:
+    """What the honest-but-curious server would capture of one client round, computed in
+    process: the update after the client's own defenses, with the round's declared facts.
+    `weights` default to the initial global model."""
+    from server.capture import declared_facts
+
+    exp = experiment_for(cfg)
+    before = weights if weights is not None else exp.new_model().state_dict()
+    defenses = [d for d in build_defenses(cfg) if d.stage != "transport"]
+    res = train_round(exp, before, server_round, partition_id, defenses, torch.device("cpu"))
+    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
+    return Capture(server_round, partition_id, "server", res.kind, before, res.update, meta)
