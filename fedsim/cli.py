@@ -51,7 +51,8 @@ def cmd_attack(args) -> int:
     cfg = load(args.config or run_dir / "config.toml")
     overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,
                  "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight}
-    attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None},
+              "enabled": True}  # so the attack's own config checks apply before any work
     knowledge = {"bn_stats": args.bn_stats, "labels": args.labels, "batch_size": args.batch_size}
     attack["knowledge"] = {**cfg.attack.knowledge.model_dump(),
                            **{k: v for k, v in knowledge.items() if v is not None}}

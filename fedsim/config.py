@@ -181,6 +181,8 @@ def _validate_registered(cfg: ExperimentConfig) -> None:
 
     if cfg.attack.name not in ATTACKS:
         raise ValueError(f"attack.name {cfg.attack.name!r} is not one of {sorted(ATTACKS)}")
+    if cfg.attack.enabled:
+        ATTACKS[cfg.attack.name].check_config(cfg)
     unknown = [d.name for d in cfg.defenses if d.name not in DEFENSES]
     if unknown:
         raise ValueError(f"defenses entry {unknown[0]!r} is not one of {sorted(DEFENSES)}")

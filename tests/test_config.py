@@ -25,6 +25,9 @@ def test_every_field_has_a_default():
     ({"data": {"name": "cifar10"}}, "data.root", "required"),
     ({"attack": {"rounds": [9]}}, "attack.rounds", "outside"),
     ({"bogus": 1}, "bogus", "unknown field"),
+    ({"attack": {"enabled": True, "name": "idlg"}}, "idlg", "batch_size = 1"),
+    ({"attack": {"enabled": True, "name": "fedavg_replay"}, "federation": {"algorithm": "fedsgd"}},
+     "fedavg_replay", "must be 'fedavg'"),
 ])
 def test_bad_input_names_field_and_what_is_allowed(data, field, allowed):
     with pytest.raises(ConfigError) as err:

@@ -32,6 +32,10 @@ class Attack:
     uses_bn_prior: ClassVar[bool] = False
     signed: ClassVar[bool] = True
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Refuse, at config time, an experiment this attack cannot be run on."""
+
     def __init__(self, budget: Budget):
         self.budget = Budget(**{**budget.__dict__, "distance": self.distance,
                                 "signed": self.signed})

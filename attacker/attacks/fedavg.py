@@ -24,6 +24,12 @@ def local_schedule(meta: dict, data_size: int) -> tuple[int, int, float]:
 class FedAvgReplay(Attack):
     name = "fedavg_replay"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.federation.algorithm != "fedavg":
+            raise ValueError(f"attack.name {cls.name!r} attacks FedAvg weight updates: "
+                             "federation.algorithm must be 'fedavg'")
+
     def label_signal(self, obs):
         lr = float(obs.meta["lr"])
         return {n: -u / lr for n, u in obs.update.items()}
