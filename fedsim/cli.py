@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -44,15 +45,17 @@ def cmd_attack(args) -> int:
     from fedsim.orchestration.attacks import attack_capture
 
     capture = Path(args.capture)
-    if not capture.with_suffix(".pt").is_file():
+    if not (capture.with_suffix(".pt").is_file() and capture.with_suffix(".json").is_file()):
         raise ConfigError(f"no capture at {capture}: expected RUN_DIR/captures/round_RRR/"
                           "server_client_PPP.pt (or server_aggregate.pt)")
     run_dir = capture.parent.parent.parent
     cfg = load(args.config or run_dir / "config.toml")
     overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,
                  "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight}
+    header = json.loads(capture.with_suffix(".json").read_text())
     attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None},
-              "enabled": True}  # so the attack's own config checks apply before any work
+              "enabled": True,  # so the attack's own config checks apply before any work
+              "rounds": [header["round"]], "clients": [max(header["partition_id"], 0)]}
     knowledge = {"bn_stats": args.bn_stats, "labels": args.labels, "batch_size": args.batch_size}
     attack["knowledge"] = {**cfg.attack.knowledge.model_dump(),
                            **{k: v for k, v in knowledge.items() if v is not None}}

@@ -29,6 +29,7 @@ def test_fedsim_attack_rejects_bad_option_and_missing_capture(tmp_path, capsys):
     folder.mkdir(parents=True)
     (run_dir / "config.toml").write_text(cfg.to_toml())
     (folder / "server_client_000.pt").write_bytes(b"")
+    (folder / "server_client_000.json").write_text('{"round": 1, "partition_id": 0}')
     code = main(["attack", str(folder / "server_client_000.pt"), "--attack", "nope"])
     assert code == 2 and "attack.name 'nope'" in capsys.readouterr().err
     assert main(["attack", str(folder / "server_client_009.pt")]) == 2
