@@ -34,6 +34,10 @@ def cmd_run(args) -> int:
     result = run_experiment(cfg, run_dir=args.run_dir, ray_address=args.ray_address)
     _print_summary(result)
     for rec in result.attacks:
+        if "error" in rec:
+            print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']} "
+                  f"failed: {rec['error']}")
+            continue
         print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
                   f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  "
                   f"label accuracy {rec['label_accuracy']:.2f}  -> {result.run_dir / rec['grid']}")

@@ -44,3 +44,27 @@ def test_missing_cifar_stops_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cifar-10-batches-py" in err and "Unpack" in err
     assert not (tmp_path / "runs").exists()  # nothing started, no run folder
+
+
+def test_a_failing_attack_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    import json
+
+    from fedsim.orchestration import attacks as orchestration
+
+    cfg = tiny_config(tmp_path, federation={"num_clients": 2, "algorithm": "fedsgd", "batch_size": 1},
+                      attack={"enabled": True, "clients": [0, 1], "iterations": 5})
+    run_dir = tmp_path / "run"
+    for pid in (0, 1):
+        save_capture(run_dir, local_capture(cfg, partition_id=pid))
+    real = orchestration.attack_capture
+
+    def flaky(cfg, path, run_dir, **kw):
+        if "client_000" in str(path):
+            raise MemoryError("out of memory")
+        return real(cfg, path, run_dir, **kw)
+
+    monkeypatch.setattr(orchestration, "attack_capture", flaky)
+    results = orchestration.attack_run(cfg, run_dir, progress=False)
+    rows = [json.loads(line) for line in (run_dir / "leakage.jsonl").read_text().splitlines()]
+    assert [r.get("error") for r in rows] == ["MemoryError('out of memory')", None]
+    assert rows[1]["partition_id"] == 1 and "psnr" in rows[1] and len(results) == 2

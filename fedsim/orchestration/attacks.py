@@ -19,6 +19,7 @@ from fedsim.device import resolve_device
 from fedsim.evaluator import record_attack
 from fedsim.experiment import experiment_for
 from fedsim.oracle import grant_knowledge
+from fedsim.records import append_row
 
 log = logging.getLogger("fedsim")
 
@@ -64,20 +65,36 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     return record_attack(cfg, exp, cap, name, knowledge, result, Path(run_dir))
 
 
-def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
-    """The configured attacks on a finished run's captures (rounds x clients)."""
-    results = []
+def _targets(cfg: ExperimentConfig, run_dir: Path):
     for rnd in cfg.attack.rounds:
         aggregate = round_dir(run_dir, rnd) / f"{capture_stem('server', AGGREGATE)}.pt"
         if aggregate.is_file():  # secure aggregation: no individual update exists
             log.info("round %d: the server holds only the aggregate (secure aggregation); "
                      "attacking the aggregate instead of clients %s", rnd, cfg.attack.clients)
-            results.append(attack_capture(cfg, aggregate, run_dir, progress=progress))
+            yield rnd, AGGREGATE, aggregate
             continue
         for client in cfg.attack.clients:
             path = round_dir(run_dir, rnd) / f"{capture_stem('server', client)}.pt"
             if not path.is_file():
                 log.warning("no capture for round %d client %d (capture.rounds?)", rnd, client)
                 continue
+            yield rnd, client, path
+
+
+def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
+    """The configured attacks on a finished run's captures (rounds x clients).
+
+    An attack that raises (out of memory, say) is logged and recorded with its error in
+    leakage.jsonl, and the others still run."""
+    results = []
+    for rnd, client, path in _targets(cfg, run_dir):
+        try:
             results.append(attack_capture(cfg, path, run_dir, progress=progress))
+        except Exception as err:  # noqa: BLE001 - keep every other result
+            log.error("attack %s on round %d client %d failed: %r", cfg.attack.name, rnd,
+                      client, err)
+            row = {"round": rnd, "partition_id": client, "observer": "server",
+                   "attack": cfg.attack.name, "error": repr(err)}
+            append_row(Path(run_dir) / "leakage.jsonl", row)
+            results.append(row)
     return results
