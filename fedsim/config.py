@@ -99,6 +99,8 @@ class AttackConfig(_Section):
     bn_weight: float = Field(default=1e-2, ge=0)
     restarts: int = Field(default=1, ge=1)
     init: Literal["randn", "rand", "zeros"] = "randn"
+    batch_restarts: Literal["auto", "on", "off"] = Field(
+        default="auto", description="vmap all restarts in one call (auto: CUDA or small models)")
     match_on: Literal["psnr", "ssim", "rmse", "lpips"] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)

@@ -27,7 +27,8 @@ log = logging.getLogger("fedsim")
 def budget_from(cfg: ExperimentConfig) -> Budget:
     a = cfg.attack
     return Budget(iterations=a.iterations, lr=a.lr, tv_weight=a.tv_weight,
-                  bn_weight=a.bn_weight, restarts=a.restarts, init=a.init)
+                  bn_weight=a.bn_weight, restarts=a.restarts, init=a.init,
+                  batch_restarts=a.batch_restarts)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
