@@ -27,10 +27,9 @@ from fedsim.runtime import config_from_runtime
 STATE_KEY = "fedsim-client-state"
 
 
-def client_round(context: Context, global_state: dict[str, torch.Tensor],
+def client_round(cfg: ExperimentConfig, context: Context, global_state: dict[str, torch.Tensor],
                  server_round: int) -> tuple[LocalResult, dict]:
     """One round for this node, with its persistent state; returns the result and metrics."""
-    cfg = config_from_runtime(context.run_config)
     torch.set_num_threads(cfg.threads)
     partition_id = int(context.node_config["partition-id"])
     state = dict(context.state[STATE_KEY]) if STATE_KEY in context.state else {}
@@ -48,8 +47,10 @@ def client_round(context: Context, global_state: dict[str, torch.Tensor],
 
 
 def train(msg: Message, context: Context) -> Message:
+    cfg = config_from_runtime(context.run_config)
     global_state = msg.content["arrays"].to_torch_state_dict()
-    result, metrics = client_round(context, global_state, int(msg.content["config"]["server-round"]))
+    result, metrics = client_round(cfg, context, global_state,
+                                   int(msg.content["config"]["server-round"]))
     content = RecordDict({
         "arrays": ArrayRecord(result.update),
         "metrics": MetricRecord(metrics),
@@ -68,9 +69,9 @@ class LegacyClient(NumPyClient):
 
     def fit(self, parameters, config):
         cfg = config_from_runtime(self.context.run_config)
-        keys = list(experiment_for(cfg).new_model().state_dict())
+        keys = experiment_for(cfg).state_keys
         state = {k: torch.from_numpy(np.array(a)) for k, a in zip(keys, parameters)}
-        result, metrics = client_round(self.context, state, int(config["server-round"]))
+        result, metrics = client_round(cfg, self.context, state, int(config["server-round"]))
         arrays = [result.update[k].numpy() if k in result.update else np.zeros_like(state[k].numpy())
                   for k in keys]
         return arrays, result.num_examples, {**metrics, "kind": result.kind}

@@ -7,7 +7,7 @@ data, the partitions and the initial weights without any of it travelling in a m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import torch
@@ -31,6 +31,11 @@ class Experiment:
         m = self.cfg.model
         return build_model(m.name, self.dataset.image_shape, self.dataset.num_classes,
                            self.dataset.mean, self.dataset.std, m.norm, m.width)
+
+    @cached_property
+    def state_keys(self) -> list[str]:
+        """State-dict keys in order: how Flower's legacy list of arrays maps to the model."""
+        return list(self.new_model().state_dict())
 
     def client_batches(self, server_round: int, partition_id: int) -> list[np.ndarray]:
         fed = self.cfg.federation

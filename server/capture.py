@@ -38,20 +38,25 @@ class ServerCapture:
     def wants(self, server_round: int) -> bool:
         return self.rounds == "all" or server_round in self.rounds
 
+    def record(self, server_round: int, partition_id: int, kind: str, weights_before: dict,
+               update: dict, **meta) -> None:
+        """Write one capture (if this round is captured), with the round's declared facts."""
+        if not self.wants(server_round):
+            return
+        cap = Capture(round=server_round, partition_id=partition_id, observer="server",
+                      kind=kind, weights_before=weights_before, update=update,
+                      meta={**self.facts, **meta})
+        self.saved.append(save_capture(self.run_dir, cap))
+
     def __call__(self, server_round: int, weights_before: ArrayRecord, reply: Message) -> None:
         if not self.wants(server_round):
             return
         content = reply.content
         metrics = dict(content["metrics"])
-        kind = str(content["update"]["kind"]) if "update" in content else "weights"
-        cap = Capture(
-            round=server_round,
-            partition_id=int(metrics["partition-id"]),
-            observer="server",
-            kind=kind,
-            weights_before=weights_before.to_torch_state_dict(),
-            update=content["arrays"].to_torch_state_dict(),
-            meta={**self.facts, "node_id": int(reply.metadata.src_node_id),
-                  "client_metrics": {k: float(v) for k, v in metrics.items()}},
+        self.record(
+            server_round, int(metrics["partition-id"]),
+            str(content["update"]["kind"]) if "update" in content else "weights",
+            weights_before.to_torch_state_dict(), content["arrays"].to_torch_state_dict(),
+            node_id=int(reply.metadata.src_node_id),
+            client_metrics={k: float(v) for k, v in metrics.items()},
         )
-        self.saved.append(save_capture(self.run_dir, cap))

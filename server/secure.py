@@ -14,8 +14,9 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow
 
-from fedsim.capture import AGGREGATE, Capture, save_capture
+from fedsim.capture import AGGREGATE
 from fedsim.experiment import Experiment
+from server.strategy import sgd_step_arrays
 
 
 def _weighted(results, key: str) -> float:
@@ -27,7 +28,7 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
     def __init__(self, *, exp: Experiment, capture, recorder, **kwargs):
         super().__init__(**kwargs)
         self.exp, self.capture, self.recorder = exp, capture, recorder
-        self.keys = list(exp.new_model().state_dict())
+        self.keys = exp.state_keys
         self.param_keys = {n for n, _ in exp.new_model().named_parameters()}
         self._before: list[np.ndarray] = []
 
@@ -48,24 +49,19 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
         metrics = {"train-loss": _weighted(results, "train-loss"),
                    "train-accuracy": _weighted(results, "train-accuracy")}
         self.recorder.record_train(server_round, metrics, len(results))
-        if self.capture.wants(server_round):
-            fed = self.exp.cfg.federation
-            before = self._as_state(self._before)
-            update = self._as_state(aggregate)
-            if kind == "gradient":
-                update = {k: v for k, v in update.items() if k in self.param_keys}
-            partitions = sorted(int(r.metrics["partition-id"]) for _, r in results)
-            meta = {**self.capture.facts, "secure_aggregation": True, "partitions": partitions,
-                    "client_metrics": {"num-examples": sum(r.num_examples for _, r in results)},
-                    "local_steps": fed.local_steps}
-            self.capture.saved.append(save_capture(self.capture.run_dir, Capture(
-                server_round, AGGREGATE, "server", kind, before, update, meta)))
+        update = self._as_state(aggregate)
         if kind == "gradient":
-            lr = self.exp.cfg.federation.lr
-            new = [b - lr * g if k in self.param_keys else b
-                   for k, b, g in zip(self.keys, self._before, aggregate)]
-            return ndarrays_to_parameters([np.asarray(a, dtype=b.dtype)
-                                           for a, b in zip(new, self._before)]), metrics
+            update = {k: v for k, v in update.items() if k in self.param_keys}
+        self.capture.record(
+            server_round, AGGREGATE, kind, self._as_state(self._before), update,
+            secure_aggregation=True,
+            partitions=sorted(int(r.metrics["partition-id"]) for _, r in results),
+            client_metrics={"num-examples": sum(r.num_examples for _, r in results)})
+        if kind == "gradient":
+            grads = {k: g for k, g in zip(self.keys, aggregate) if k in self.param_keys}
+            new = sgd_step_arrays(dict(zip(self.keys, self._before)), grads,
+                                  self.exp.cfg.federation.lr)
+            return ndarrays_to_parameters([new[k] for k in self.keys]), metrics
         return ndarrays_to_parameters(aggregate), metrics
 
 
@@ -84,7 +80,7 @@ def run_secure(grid, context, exp: Experiment, secure_defense, capture, recorder
         min_available_clients=fed.num_clients, fraction_evaluate=0.0, min_evaluate_clients=0,
         evaluate_fn=evaluate_fn, on_fit_config_fn=lambda rnd: {"server-round": rnd},
         initial_parameters=ndarrays_to_parameters(
-            [v.numpy() for v in exp.new_model().state_dict().values()]),
+            [v.numpy() for v in exp.new_model().state_dict().values()]),  # in `keys` order
     )
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.num_rounds),
                            strategy=strategy)

@@ -76,12 +76,15 @@ class ObservedStrategy(Strategy):
         self.inner.summary()
 
 
+def sgd_step_arrays(weights: dict[str, np.ndarray], mean_grad: dict[str, np.ndarray],
+                    lr: float) -> dict[str, np.ndarray]:
+    """w - lr * g for every entry that has a gradient (in w's dtype); buffers pass through."""
+    return {k: (w - lr * mean_grad[k]).astype(w.dtype) if k in mean_grad else w
+            for k, w in weights.items()}
+
+
 def sgd_step(weights: ArrayRecord, mean_grad: ArrayRecord, lr: float) -> ArrayRecord:
-    """w - lr * g for every entry that has a gradient; buffers pass through unchanged."""
-    out = {}
-    for key, arr in weights.items():
-        w = arr.numpy()
-        if key in mean_grad:
-            w = (w - lr * mean_grad[key].numpy()).astype(w.dtype)
-        out[key] = Array(np.ascontiguousarray(w))
-    return ArrayRecord(out)
+    """`sgd_step_arrays` on Flower ArrayRecords."""
+    new = sgd_step_arrays({k: a.numpy() for k, a in weights.items()},
+                          {k: a.numpy() for k, a in mean_grad.items()}, lr)
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
