@@ -63,8 +63,6 @@ def cmd_attack(args) -> int:
     knowledge = {"bn_stats": args.bn_stats, "labels": args.labels, "batch_size": args.batch_size}
     attack["knowledge"] = {**cfg.attack.knowledge.model_dump(),
                            **{k: v for k, v in knowledge.items() if v is not None}}
-    if isinstance(attack["knowledge"]["batch_size"], str) and attack["knowledge"]["batch_size"].isdigit():
-        attack["knowledge"]["batch_size"] = int(attack["knowledge"]["batch_size"])
     data = cfg.to_dict()
     data["attack"] = attack
     if args.device:
@@ -85,6 +83,15 @@ def cmd_config(args) -> int:
         load(args.file)
         print(f"{args.file}: ok")
     return 0
+
+
+def _known_or_int(value: str):
+    if value == "known":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected 'known' or an integer") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--bn-weight", type=float)
     att.add_argument("--bn-stats", choices=["exact", "inferred", "none"])
     att.add_argument("--labels", choices=["known", "restored", "optimised"])
-    att.add_argument("--batch-size", help="'known' or an assumed integer")
+    att.add_argument("--batch-size", type=_known_or_int, help="'known' or an assumed integer")
     att.add_argument("--device", choices=["auto", "cpu", "cuda"])
     att.add_argument("--out", type=Path, help="write results here instead of the run folder")
     att.set_defaults(func=cmd_attack)

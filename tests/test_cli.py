@@ -15,7 +15,7 @@ def test_fedsim_attack_writes_grid_and_metrics(tmp_path):
     (run_dir / "config.toml").write_text(cfg.to_toml())
     path = save_capture(run_dir, local_capture(cfg))
     assert main(["attack", str(path), "--attack", "inverting_gradients", "--iterations", "100",
-                 "--restarts", "2", "--labels", "restored"]) == 0
+                 "--restarts", "2", "--labels", "restored", "--batch-size", "known"]) == 0
     out = json.loads((run_dir / "attacks" / "round_001_server_client_000_inverting_gradients.json").read_text())
     assert (run_dir / out["grid"]).is_file()
     assert out["psnr"] > 30 and out["label_accuracy"] == 1.0
