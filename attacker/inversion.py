@@ -34,7 +34,8 @@ class InversionProblem:
     labels: Optional[torch.Tensor] = None   # fixed (known or restored); None: optimise jointly
     bn_targets: Optional[list] = None       # BatchNorm prior targets, or None for no prior
     mask: Optional[dict[str, torch.Tensor]] = None  # match only these entries (pruned updates)
-    local_steps: int = 1                    # >1: replay FedAvg local SGD on the dummy data
+    local_steps: int = 0                    # 0: target is a gradient; n >= 1: the weight
+                                            # change of n local SGD steps (FedAvg replay)
     local_lr: float = 0.0
     local_batch_size: Optional[int] = None
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
@@ -101,7 +102,7 @@ class UpdateSimulator:
     def __call__(self, x, y):
         """Returns (update dict, BatchNorm prior term of the first forward)."""
         p = self.problem
-        if p.local_steps <= 1:
+        if p.local_steps == 0:
             return grad(self._loss, has_aux=True)(self.params, x, y)
         # FedAvg replay: SGD steps over fixed sequential batches of the dummy data
         params, bs = self.params, p.local_batch_size or x.shape[0]

@@ -272,3 +272,20 @@ def test_assumed_batch_size_shapes_the_attack_and_scoring(tmp_path):
     scores = score_reconstruction(x, result.images, y, result.labels)
     assert len(scores["pairing"]) == 4 and set(scores["pairing"]) <= {0, 1}
     assert scores["label_accuracy"] <= 0.5
+
+
+def test_replay_of_a_single_local_step_matches_at_the_true_images(tmp_path):
+    """One FedAvg step is a weight change of -lr * gradient: the replay must model it as
+    such (not as a gradient), so the objective is zero at the private images."""
+    from fedsim.oracle import private_batch
+
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedavg", "local_steps": 1,
+                                            "batch_size": 3, "lr": 0.5})
+    cap = local_capture(cfg)
+    obs = observe(cap)
+    x, y = private_batch(experiment_for(cfg), cap)
+    attack = ATTACKS["fedavg_replay"](Budget(tv_weight=0.0))
+    prob = attack.problem(obs, Knowledge(labels_mode="known", labels=y, batch_size=3))
+    assert prob.local_steps == 1
+    _, match = make_objective(prob, attack.budget)(x, None)
+    assert abs(float(match)) < 1e-4

@@ -37,7 +37,7 @@ class FedAvgReplay(Attack):
     def problem(self, obs, knowledge):
         prob = super().problem(obs, knowledge)
         steps, bs, lr = local_schedule(obs.meta, knowledge.batch_size)
-        prob.local_steps, prob.local_batch_size, prob.local_lr = max(steps, 2), bs, lr
+        prob.local_steps, prob.local_batch_size, prob.local_lr = steps, bs, lr
         return prob
 
     def solve(self, problem, seed, progress):
