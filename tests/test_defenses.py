@@ -185,3 +185,9 @@ def test_each_defense_lowers_leakage(tmp_path, undefended_psnr, name):
     # measured (200 steps, known labels): none 56 dB; gradprune 8, mixup 16, instahide 15, dpsgd 5
     assert undefended_psnr > 40
     assert _leakage(tmp_path, DEFENDED[name]) < undefended_psnr - 20
+
+
+def test_secagg_refuses_other_transport_defenses(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        tiny_config(tmp_path, federation={"num_clients": 3},
+                    defenses=[{"name": "flower_local_dp"}, {"name": "secagg_plus"}])

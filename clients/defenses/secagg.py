@@ -39,8 +39,10 @@ class SecAggPlus(Defense):
         if p.reconstruction_threshold >= p.num_shares:
             raise ValueError("defenses entry 'secagg_plus': reconstruction_threshold must be "
                              "below num_shares")
-        others = [d.name for d in cfg.defenses if d.name not in ("secagg_plus",)
-                  and d.name.startswith("flower_")]
+        from clients.defenses import DEFENSES
+
+        others = [d.name for d in cfg.defenses
+                  if d.name != self.name and DEFENSES[d.name].stage == "transport"]
         if others:
             raise ValueError(f"defenses: 'secagg_plus' runs Flower's legacy workflow and cannot "
                              f"be combined with {others}")
