@@ -1,9 +1,25 @@
-"""Image priors and the BatchNorm statistics prior, as small differentiable terms."""
+"""Image priors and the BatchNorm statistics prior: small differentiable terms, a registry.
+
+Each regulariser maps a `PriorContext` (the dummy images and what the first forward saw)
+to a scalar, or to None when the problem gives it nothing to work with; the objective adds
+it times its weight from the budget (`Budget.prior_weights`). A new prior is one function
+here, one registry line and one budget weight.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
 import torch
 import torch.nn as nn
+
+
+@dataclass
+class PriorContext:
+    x: torch.Tensor                                        # dummy images, pixel space
+    bn_features: list[torch.Tensor] = field(default_factory=list)  # inputs of each BatchNorm
+    bn_targets: Optional[list] = None                      # (mean, var) per BatchNorm, or None
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -24,6 +40,22 @@ def bn_prior(features: list[torch.Tensor], targets) -> torch.Tensor:
     for (mu, var), (t_mu, t_var) in zip(bn_inputs_stats(features), targets):
         total = total + (mu - t_mu).pow(2).sum() + (var - t_var).pow(2).sum()
     return total
+
+
+def _tv_term(ctx: PriorContext) -> torch.Tensor:
+    return total_variation(ctx.x)
+
+
+def _bn_term(ctx: PriorContext) -> Optional[torch.Tensor]:
+    if ctx.bn_targets is None or not ctx.bn_features:
+        return None
+    return bn_prior(ctx.bn_features, ctx.bn_targets)
+
+
+REGULARISERS: dict[str, Callable[[PriorContext], Optional[torch.Tensor]]] = {
+    "tv": _tv_term,
+    "bn": _bn_term,
+}
 
 
 class BNRecorder:

@@ -1,105 +1,154 @@
-"""Attack steps per second, fast path (vmapped restarts, torch.func) against the plain
-reference loop (autograd, one restart after another), in the same run; plus the quality
-each registered attack reaches at a fixed step budget. Writes
-benchmarks/results/attack_speed.json.
+"""The attack engine's yardstick: time per restart-step of the fast path, in each engine
+mode, against the plain autograd reference of Inverting Gradients (attacker/reference.py),
+and PSNR at equal steps, all on the benchmark case (benchmarks/cases.py).
 
-    python benchmarks/attack_speed.py [--steps 20] [--restarts 4] [--quality-steps 200]
+    python benchmarks/attack_speed.py [--device auto|cpu|cuda] [--quick]
+
+Writes benchmarks/results/attack_speed_<cpu|cuda>.json. Each timing follows one untimed
+warm-up per shape (tracing, compiling, graph capture, cuDNN autotuning, excluded and
+reported apart as `prepare_s`), reads the clock only after a device sync, and is taken in
+the same process as its reference, case by case.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 
 import torch
 
-from attacker.attacks import ATTACKS
-from attacker.inversion import Budget, InversionProblem, invert_adam, invert_adam_reference
-from attacker.knowledge import Knowledge
-from attacker.target import observe
-from clients.training import batch_gradient
-from fedsim.config import from_dict
-from fedsim.experiment import experiment_for
-from fedsim.metrics import LPIPSUnavailable, lpips_metric, score_reconstruction
-from fedsim.oracle import private_batch
-from fedsim.orchestration.inprocess import local_capture
-from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
+from attacker.adam import invert_adam, prepare
+from attacker.problem import Budget
+from attacker.reference import invert_reference
+from cases import natural32_case, sync
+from fedsim.device import resolve_device
+from fedsim.metrics import score_reconstruction
+from released_ig import released_ig
+from results_io import write_result
+
+SPEED_CASES = [("lenet", 1), ("lenet", 16), ("resnet18", 1), ("resnet18", 4),
+               ("resnet18", 16)]
+QUALITY_CASES = {"cpu": [("lenet", 1, 300), ("lenet", 4, 300), ("lenet", 1, 1000),
+                         ("lenet", 4, 1000)],
+                 "cuda": [("lenet", 1, 1000), ("lenet", 4, 1000), ("resnet18", 1, 500)]}
+OLD_DEFAULT = dict(distance="layer_cosine", tv_weight=1e-4, signed=True)
 
 
-def _cfg(data, model, algorithm="fedsgd", batch=1, **fed):
-    return from_dict({"seed": 0, "device": "cpu", "output_dir": tempfile.mkdtemp(),
-                      "data": {"name": data}, "model": model,
-                      "federation": {"num_clients": 2, "algorithm": algorithm,
-                                     "batch_size": batch, **fed}})
+def modes_for(device, model, all_modes: bool) -> list[str]:
+    if device.type == "cuda":
+        return ["eager", "graph", "cudagraph"]
+    # inductor on ResNet-18 compiles for about a minute per shape on 2 threads
+    return ["eager", "graph"] + (["inductor"] if model == "lenet" or all_modes else [])
 
 
-def speed(name, cfg, batch, steps, restarts):
-    exp = experiment_for(cfg)
-    model = exp.new_model()
-    idx = list(range(batch))
-    x, y = exp.dataset.x_train[idx], exp.dataset.y_train[idx]
-    g, _, _ = batch_gradient(model, x, y)
-    prob = InversionProblem(model, g, batch, exp.dataset.image_shape, exp.dataset.num_classes,
-                            labels=y)
-    invert_adam(prob, Budget(iterations=2, restarts=restarts))  # warm-up
-    row = {"model": name, "batch": batch, "restarts": restarts, "steps": steps}
-    t = time.perf_counter(); invert_adam_reference(prob, Budget(iterations=steps, restarts=restarts))
-    ref = time.perf_counter() - t
-    total = steps * restarts
-    row["reference_restart_steps_per_s"] = total / ref
-    for mode in ("on", "off", "auto"):
-        t = time.perf_counter()
-        invert_adam(prob, Budget(iterations=steps, restarts=restarts, batch_restarts=mode))
-        row[f"fast_{mode}_restart_steps_per_s"] = total / (time.perf_counter() - t)
-        row[f"speedup_{mode}"] = row[f"fast_{mode}_restart_steps_per_s"] / row["reference_restart_steps_per_s"]
-    return row
+def time_reference(prob, restarts, steps, device) -> float:
+    invert_reference(prob, Budget(iterations=1), seed=0)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    invert_reference(prob, Budget(iterations=steps, restarts=restarts), seed=0)
+    sync(device)
+    return (time.perf_counter() - t) / (steps * restarts)
 
 
-def quality(steps):
-    try:
-        lp = lpips_metric("vgg")
-    except LPIPSUnavailable as err:
-        lp, note = None, str(err)
-    else:
-        note = None
-    out = []
-    sgd = _cfg("digits", {"name": "lenet"}, batch=1)
-    avg = _cfg("digits", {"name": "lenet"}, algorithm="fedavg", batch=4, local_steps=4, lr=1.0)
-    for name in ATTACKS:
-        cfg = avg if name.startswith("fedavg") else sgd
-        exp, cap = experiment_for(cfg), local_capture(cfg)
-        obs = observe(cap)
-        x, y = private_batch(exp, cap)
-        k = Knowledge(labels_mode="restored", batch_size=len(y))
-        lr = 1.0 if name in ("dlg", "idlg") else 0.1
-        iters = max(steps // 20, 1) if name in ("dlg", "idlg") else steps  # L-BFGS: 20 evals/step
-        res = ATTACKS[name](Budget(iterations=iters, restarts=1, lr=lr)).run(obs, k)
-        s = score_reconstruction(x, res.images, y, res.labels, lpips_fn=lp)
-        out.append({"attack": name, "batch": len(y), "iterations": iters, "psnr": s["psnr"],
-                    "ssim": s["ssim"], "lpips": s.get("lpips"), "label_accuracy": s["label_accuracy"],
-                    "seconds": res.seconds})
-    return out, note
+def time_fast(prob, restarts, steps, mode, device) -> tuple[float, float, str]:
+    t = time.perf_counter()
+    it, _, engine = prepare(prob, Budget(iterations=steps, restarts=restarts, compile=mode))
+    for _ in range(3):
+        it()
+    sync(device)
+    prepare_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        it()
+    sync(device)
+    return (time.perf_counter() - t) / (steps * restarts), prepare_s, engine
+
+
+def speed(device, quick: bool, all_modes: bool) -> list[dict]:
+    rows = []
+    for model, batch in SPEED_CASES:
+        prob, _, _, _ = natural32_case(model, batch, device)
+        if device.type == "cuda":
+            steps = 30 if quick else (100 if model == "lenet" else 30)
+        else:
+            steps = (20 if quick else 100) if model == "lenet" else (2 if quick else 3)
+        for restarts in (1, 4):
+            ref = time_reference(prob, restarts, steps, device)
+            row = {"model": model, "batch": batch, "restarts": restarts, "steps": steps,
+                   "reference_ms": 1e3 * ref}
+            for mode in modes_for(device, model, all_modes):
+                try:
+                    per, prep, engine = time_fast(prob, restarts, steps, mode, device)
+                except Exception as err:  # noqa: BLE001 - record it, time the other modes
+                    row[f"{mode}_error"] = repr(err)[:300]
+                    continue
+                row[f"{mode}_ms"] = 1e3 * per
+                row[f"{mode}_speedup"] = ref / per
+                row[f"{mode}_prepare_s"] = prep
+                row[f"{mode}_engine"] = engine
+            rows.append(row)
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
+                  flush=True)
+    return rows
+
+
+def quality(device, quick: bool) -> list[dict]:
+    """Mean PSNR of 3 seeds at equal steps: fedsim's default; the in-repo reference (the
+    same method as a plain loop, so it should agree; CPU only, to keep a GPU run short);
+    the public code's parametrisation (released_ig.py); and fedsim's old default."""
+    rows = []
+    for model, batch, steps in QUALITY_CASES[device.type]:
+        if quick:
+            steps = min(steps, 100)
+        prob, x, y, (mean, std) = natural32_case(model, batch, device)
+
+        def fast(seed, **kw):
+            try:
+                return invert_adam(prob, Budget(iterations=steps, **kw), seed=seed).images
+            except Exception as err:  # noqa: BLE001 - say it, then use the traced graph
+                print(f"auto engine failed ({err!r}); rerunning with compile='graph'")
+                return invert_adam(prob, Budget(iterations=steps, compile="graph", **kw),
+                                   seed=seed).images
+
+        runs = [("fedsim default", fast),
+                ("in-repo reference", lambda seed: invert_reference(
+                    prob, Budget(iterations=steps), seed=seed).images),
+                ("released code's parametrisation",
+                 lambda seed: released_ig(prob, mean, std, steps, seed)),
+                ("fedsim old default", lambda seed: fast(seed, **OLD_DEFAULT))]
+        if device.type == "cuda":
+            runs.pop(1)
+        for name, run in runs:
+            t, ps = time.perf_counter(), []
+            for seed in range(3):
+                images = run(seed).to(x.device)
+                ps.append(score_reconstruction(x, images, y, y)["psnr"])
+            rows.append({"model": model, "batch": batch, "steps": steps, "attack": name,
+                         "psnr": ps, "mean_psnr": sum(ps) / 3,
+                         "seconds": time.perf_counter() - t})
+            print(f"{model} b{batch} {steps} steps {name:32s} {sum(ps) / 3:.2f} dB", flush=True)
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--restarts", type=int, default=4)
-    ap.add_argument("--quality-steps", type=int, default=200)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="few steps: a smoke run")
+    ap.add_argument("--all-modes", action="store_true",
+                    help="also time inductor on ResNet-18 on a CPU (slow to compile)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["speed", "quality"])
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("FEDSIM_BENCH_THREADS", "2")))
-    lenet = _cfg("digits", {"name": "lenet"})
-    resnet = _cfg("natural32", {"name": "resnet18", "norm": "batch", "width": 64})
-    rows = [speed("lenet", lenet, 1, args.steps * 5, args.restarts),
-            speed("lenet", lenet, 16, args.steps * 5, args.restarts),
-            speed("resnet18", resnet, 1, args.steps, args.restarts),
-            speed("resnet18", resnet, 4, args.steps, args.restarts)]
-    qual, note = quality(args.quality_steps)
-    result = {"device": "cpu", "threads": torch.get_num_threads(), "speed": rows,
-              "quality": qual, "lpips_note": note}
-    write_result("attack_speed", result)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(int(os.environ.get("FEDSIM_BENCH_THREADS", "2")))
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if "speed" not in args.skip:
+        result["speed"] = speed(device, args.quick, args.all_modes)
+    if "quality" not in args.skip:
+        result["quality"] = quality(device, args.quick)
+    write_result(f"attack_speed_{device.type}" + ("_quick" if args.quick else ""), result)
 
 
 if __name__ == "__main__":

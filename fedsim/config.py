@@ -101,6 +101,15 @@ class AttackConfig(_Section):
     init: Literal["randn", "rand", "zeros"] = "randn"
     batch_restarts: Literal["auto", "on", "off"] = Field(
         default="auto", description="vmap all restarts in one call (auto: CUDA or small models)")
+    compile: Literal["auto", "eager", "graph", "inductor", "cudagraph"] = Field(
+        default="auto", description="how attack steps run (attacker/engine.py; auto: "
+        "cudagraph on CUDA, inductor for small models over long runs, graph otherwise)")
+    distance: Optional[Literal["cosine", "layer_cosine", "l2"]] = Field(
+        default=None, description="gradient distance; unset: the attack's own (l2 for "
+        "dlg/idlg, one cosine over all parameters otherwise)")
+    signed: Optional[bool] = Field(
+        default=None, description="step on the sign of the image gradient; unset: the "
+        "attack's own (no)")
     match_on: Literal["psnr", "ssim", "rmse", "lpips"] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)

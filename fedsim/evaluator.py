@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from attacker.inversion import InversionResult
+from attacker.problem import InversionResult
 from attacker.knowledge import Knowledge
 from fedsim.capture import AGGREGATE, Capture, capture_stem
 from fedsim.config import ExperimentConfig

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attacker.attacks import ATTACKS
-from attacker.inversion import Budget
+from attacker.problem import Budget
 from attacker.target import observe
 from clients.defenses import build_defenses
 from clients.defenses.dpsgd import DPSGD

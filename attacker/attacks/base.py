@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable, ClassVar, Optional
 
 import torch
 
-from attacker.inversion import Budget, InversionProblem, InversionResult
+from attacker.problem import Budget, InversionProblem, InversionResult
 from attacker.knowledge import Knowledge
 from attacker.labels import restore_labels
 from attacker.priors import inferred_bn_targets
@@ -30,15 +31,17 @@ class Attack:
     name: ClassVar[str]
     distance: ClassVar[str] = "cosine"
     uses_bn_prior: ClassVar[bool] = False
-    signed: ClassVar[bool] = True
+    signed: ClassVar[bool] = False
 
     @classmethod
     def check_config(cls, cfg) -> None:
         """Refuse, at config time, an experiment this attack cannot be run on."""
 
-    def __init__(self, budget: Budget):
-        self.budget = Budget(**{**budget.__dict__, "distance": self.distance,
-                                "signed": self.signed})
+    def __init__(self, budget: Budget, distance: Optional[str] = None,
+                 signed: Optional[bool] = None):
+        """`distance` and `signed` override the attack's own choices when given."""
+        self.budget = replace(budget, distance=distance or self.distance,
+                              signed=self.signed if signed is None else signed)
 
     # -------------------------------------------------------------- building the problem
     def labels(self, obs: Observation, knowledge: Knowledge) -> Optional[torch.Tensor]:

@@ -2,7 +2,7 @@
 optimised jointly unless the knowledge settings fix them."""
 
 from attacker.attacks.base import Attack
-from attacker.inversion import invert_lbfgs
+from attacker.lbfgs import invert_lbfgs
 
 
 class DLG(Attack):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from attacker.attacks.base import Attack
-from attacker.inversion import invert_adam
+from attacker.adam import invert_adam
 
 
 def local_schedule(meta: dict, data_size: int) -> tuple[int, int, float]:

@@ -1,7 +1,7 @@
 """Inverting Gradients (Geiping et al. 2020): 1 - cosine per layer, TV prior, signed Adam."""
 
 from attacker.attacks.base import Attack
-from attacker.inversion import invert_adam
+from attacker.adam import invert_adam
 
 
 class InvertingGradients(Attack):

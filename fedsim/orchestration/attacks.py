@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from attacker.attacks import ATTACKS
-from attacker.inversion import Budget
+from attacker.problem import Budget
 from attacker.target import observe
 from fedsim.capture import AGGREGATE, capture_stem, load_capture, round_dir
 from fedsim.config import ExperimentConfig
@@ -28,7 +28,7 @@ def budget_from(cfg: ExperimentConfig) -> Budget:
     a = cfg.attack
     return Budget(iterations=a.iterations, lr=a.lr, tv_weight=a.tv_weight,
                   bn_weight=a.bn_weight, restarts=a.restarts, init=a.init,
-                  batch_restarts=a.batch_restarts)
+                  batch_restarts=a.batch_restarts, compile=a.compile)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -54,7 +54,7 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     # ---- attacker side: the capture and the granted knowledge, nothing else
     obs = observe(cap, device)
     knowledge = grant_knowledge(cfg.attack.knowledge, exp, cap, obs.model)
-    attack = ATTACKS[name](budget_from(cfg))
+    attack = ATTACKS[name](budget_from(cfg), cfg.attack.distance, cfg.attack.signed)
     update, close = _progress_bar(cfg.attack.iterations,
                                   f"{name} r{cap.round} {capture_stem(cap.observer, cap.partition_id)}",
                                   progress)

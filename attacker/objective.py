@@ -1,0 +1,74 @@
+"""The attack objective as a composition: how dummy data becomes an update (FedSGD gradient
+or FedAvg replay), a distance to the observed update, and weighted regularisers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad
+
+from attacker.distances import DISTANCES
+from attacker.priors import REGULARISERS, BNRecorder, PriorContext
+from attacker.problem import Budget, InversionProblem
+from attacker.target import functional_copy
+
+
+class UpdateSimulator:
+    """Maps dummy (x, y) to the update the client would have sent, functionally."""
+
+    def __init__(self, problem: InversionProblem):
+        self.problem = problem
+        self.model = functional_copy(problem.model)
+        self.params = {n: p.detach() for n, p in self.model.named_parameters()}
+
+    def _loss(self, params, x, y):
+        recorder = BNRecorder(self.model) if self.problem.bn_targets is not None else None
+        try:
+            logits = functional_call(self.model, params, (x,))
+        finally:
+            if recorder is not None:
+                recorder.close()
+        return F.cross_entropy(logits, y), (recorder.pop() if recorder is not None else [])
+
+    def __call__(self, x, y):
+        """Returns (update dict, BatchNorm inputs of the first forward)."""
+        p = self.problem
+        if p.local_steps == 0:
+            return grad(self._loss, has_aux=True)(self.params, x, y)
+        # FedAvg replay: SGD steps over fixed sequential batches of the dummy data
+        params, bs = self.params, p.local_batch_size or x.shape[0]
+        n_batches = math.ceil(x.shape[0] / bs)
+        features = None
+        for step in range(p.local_steps):
+            i = step % n_batches
+            g, feats = grad(self._loss, has_aux=True)(params, x[i * bs:(i + 1) * bs],
+                                                     y[i * bs:(i + 1) * bs])
+            features = feats if features is None else features
+            params = {n: params[n] - p.local_lr * g[n] for n in params}
+        return {n: params[n] - self.params[n] for n in params}, features
+
+
+def labels_from(y_param: torch.Tensor, fixed) -> torch.Tensor:
+    return fixed if fixed is not None else F.softmax(y_param, dim=-1)
+
+
+def make_objective(problem: InversionProblem, budget: Budget):
+    """objective(x, y_logits) -> (total, match) for one restart."""
+    sim = UpdateSimulator(problem)
+    dist = DISTANCES[budget.distance]
+    weights = {k: w for k, w in budget.prior_weights().items() if w > 0}
+
+    def objective(x, y_logits):
+        update, features = sim(x, labels_from(y_logits, problem.labels))
+        match = dist(update, problem.target, problem.mask)
+        ctx = PriorContext(x, features, problem.bn_targets)
+        total = match
+        for name, w in weights.items():
+            term = REGULARISERS[name](ctx)
+            if term is not None:
+                total = total + w * term
+        return total, match
+
+    return objective

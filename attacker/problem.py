@@ -1,0 +1,99 @@
+"""What an inversion solves (`InversionProblem`), with what budget (`Budget`), and what it
+returns (`InversionResult`): plain data shared by the optimisers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class InversionProblem:
+    model: nn.Module                        # at the round's start
+    target: dict[str, torch.Tensor]         # observed update, params only
+    batch_size: int
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    labels: Optional[torch.Tensor] = None   # fixed (known or restored); None: optimise jointly
+    bn_targets: Optional[list] = None       # BatchNorm prior targets, or None for no prior
+    mask: Optional[dict[str, torch.Tensor]] = None  # match only these entries (pruned updates)
+    local_steps: int = 0                    # 0: target is a gradient; n >= 1: the weight
+                                            # change of n local SGD steps (FedAvg replay)
+    local_lr: float = 0.0
+    local_batch_size: Optional[int] = None
+    box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
+
+
+@dataclass
+class Budget:
+    """The optimiser's settings. Defaults follow Geiping et al.'s released Inverting Gradients
+    (one cosine over all parameters, TV weight 0.1 relative to it, plain Adam at lr 0.1 with
+    step decay), re-measured in pixel space on fedsim's models: README, "Attack defaults"."""
+
+    iterations: int = 10_000
+    lr: float = 0.1
+    tv_weight: float = 0.1
+    bn_weight: float = 1e-2
+    restarts: int = 1
+    init: str = "randn"
+    distance: str = "cosine"
+    signed: bool = False
+    batch_restarts: str = "auto"   # "auto" | "on" | "off": vmap all restarts in one call
+    compile: str = "auto"          # attacker.engine.MODES: how the steps run
+
+    def prior_weights(self) -> dict[str, float]:
+        """Weight of each registered regulariser (`attacker.priors.REGULARISERS`)."""
+        return {"tv": self.tv_weight, "bn": self.bn_weight}
+
+
+@dataclass
+class InversionResult:
+    images: torch.Tensor                   # (B, C, H, W) inside the problem's pixel box
+    labels: torch.Tensor                   # hard labels used or found
+    match_loss: float                      # gradient distance of the returned images
+    restart_losses: list[float]
+    iterations: int
+    seconds: float
+    device: str
+    history: list[float] = field(default_factory=list)
+    engine: str = ""                       # how the steps ran (attacker.engine)
+
+
+def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Generator,
+                  device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dummy images for every restart (drawn on the CPU, so every device starts alike) and
+    dummy label logits."""
+    shape = (budget.restarts, problem.batch_size, *problem.image_shape)
+    lo, hi = problem.box
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    if budget.init == "randn":
+        x = (mid + half * 0.5 * torch.randn(shape, generator=generator)).clamp(lo, hi)
+    elif budget.init == "rand":
+        x = lo + (hi - lo) * torch.rand(shape, generator=generator)
+    else:
+        x = torch.full(shape, mid)
+    y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
+    return x.to(device), y.to(device)
+
+
+def step_milestones(iterations: int) -> list[int]:
+    """Learning-rate decay by 10 at 3/8, 5/8 and 7/8 of the iterations (Geiping et al.)."""
+    return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+def finish(problem: InversionProblem, x, y_logits, losses, iters, seconds, history,
+           engine: str = "") -> InversionResult:
+    """Keep the restart with the lowest gradient distance."""
+    best = int(torch.tensor(losses).nan_to_num(float("inf")).argmin())
+    labels = problem.labels if problem.labels is not None else y_logits[best]
+    if labels.dim() > 1:  # soft labels (optimised logits or mixed labels): report the argmax
+        labels = labels.argmax(-1)
+    return InversionResult(
+        images=x[best].detach().clamp(*problem.box).cpu(), labels=labels.detach().cpu(),
+        match_loss=float(losses[best]), restart_losses=[float(v) for v in losses],
+        iterations=iters, seconds=seconds, device=str(x.device), history=history,
+        engine=engine,
+    )
