@@ -1,8 +1,9 @@
 """The fast Adam inversion: every restart optimised at once by the engine's step.
 
 Adam on the (optionally signed) gradient, learning rate decayed by 10 at 3/8, 5/8 and 7/8
-of the iterations, pixels clamped to the box after every step, the restart with the lowest
-gradient distance kept (Geiping et al. 2020). `attacker.reference` is the same method as a
+of the iterations, images optimised in the model's normalised coordinates and clamped to
+the pixel box after every step, the restart with the lowest gradient distance kept
+(Geiping et al. 2020). `attacker.reference` is the same method as a
 plain autograd loop; the two take the same steps from the same start.
 """
 
@@ -23,9 +24,9 @@ class AdamIteration:
     """One iteration (step, gradient, Adam update, clamp) on fixed tensors; with
     `cuda_graph` it is captured once and every call replays it without a host sync."""
 
-    def __init__(self, step, x0, y0, budget: Budget, box, optimise_labels: bool,
+    def __init__(self, step, x0, y0, budget: Budget, coords, optimise_labels: bool,
                  cuda_graph: bool = False):
-        self.step, self.box, self.signed = step, box, budget.signed
+        self.step, self.coords, self.signed = step, coords, bool(budget.signed)
         self.optimise_labels = optimise_labels
         self.x = x0.clone().requires_grad_(True)
         self.y = y0.clone().requires_grad_(optimise_labels)
@@ -48,7 +49,7 @@ class AdamIteration:
                 self.y.grad.copy_(gy)
         self.opt.step()
         with torch.no_grad():
-            self.x.clamp_(*self.box)
+            self.coords.clamp_(self.x)
         return match
 
     def _capture(self, x0, y0, lr):
@@ -101,7 +102,7 @@ def prepare(problem: InversionProblem, budget: Budget, seed: int = 0):
     batched = batch_restarts(budget.batch_restarts, n_params, device, budget.restarts)
     step, mode = build_step(make_objective(problem, budget), x0, y0, batched=batched,
                             mode=mode)
-    it = AdamIteration(step, x0, y0, budget, problem.box, problem.labels is None,
+    it = AdamIteration(step, x0, y0, budget, problem.coordinates(device), problem.labels is None,
                        cuda_graph=mode == "cudagraph")
     return it, step, f"{mode}{'+vmap' if batched else ''}"
 

@@ -20,6 +20,7 @@ def invert_lbfgs(problem: InversionProblem, budget: Budget, *, seed: int = 0,
     device = next(problem.model.parameters()).device
     xs, ys = initial_guess(problem, budget, torch.Generator().manual_seed(seed), device)
     objective = make_objective(problem, budget)
+    coords = problem.coordinates(device)
     losses, history = [], []
     for r in range(budget.restarts):
         x = xs[r].clone().requires_grad_(True)
@@ -38,7 +39,7 @@ def invert_lbfgs(problem: InversionProblem, budget: Budget, *, seed: int = 0,
             if not math.isfinite(loss):
                 break
             with torch.no_grad():
-                x.clamp_(*problem.box)
+                coords.clamp_(x)
             if progress is not None:
                 progress(it, loss)
             history.append(loss)

@@ -54,16 +54,23 @@ def labels_from(y_param: torch.Tensor, fixed) -> torch.Tensor:
     return fixed if fixed is not None else F.softmax(y_param, dim=-1)
 
 
-def make_objective(problem: InversionProblem, budget: Budget):
-    """objective(x, y_logits) -> (total, match) for one restart."""
+def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
+    """objective(z, y_logits) -> (total, match) for one restart, z in the problem's
+    normalised coordinates (the image priors see z, as in the released code); with
+    `pixels=True` it takes pixel-space images instead."""
     sim = UpdateSimulator(problem)
-    dist = DISTANCES[budget.distance]
+    dist = DISTANCES[budget.distance or "cosine"]
     weights = {k: w for k, w in budget.prior_weights().items() if w > 0}
+    co = problem.coordinates(next(problem.model.parameters()).device)
 
-    def objective(x, y_logits):
+    def objective(z, y_logits):
+        if pixels:
+            z, x = (z - co.shift) / co.scale, z
+        else:
+            x = co.to_pixels(z)
         update, features = sim(x, labels_from(y_logits, problem.labels))
         match = dist(update, problem.target, problem.mask)
-        ctx = PriorContext(x, features, problem.bn_targets)
+        ctx = PriorContext(z, features, problem.bn_targets)
         total = match
         for name, w in weights.items():
             term = REGULARISERS[name](ctx)

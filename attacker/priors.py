@@ -17,7 +17,7 @@ import torch.nn as nn
 
 @dataclass
 class PriorContext:
-    x: torch.Tensor                                        # dummy images, pixel space
+    x: torch.Tensor                                        # dummy images, normalised coordinates
     bn_features: list[torch.Tensor] = field(default_factory=list)  # inputs of each BatchNorm
     bn_targets: Optional[list] = None                      # (mean, var) per BatchNorm, or None
 

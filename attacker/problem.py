@@ -25,6 +25,40 @@ class InversionProblem:
     local_lr: float = 0.0
     local_batch_size: Optional[int] = None
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
+    input_mean: Optional[tuple[float, ...]] = None  # the model's input normalisation: the
+    input_std: Optional[tuple[float, ...]] = None   # images are optimised as (x - mean) / std
+
+    def coordinates(self, device) -> "Coordinates":
+        return Coordinates.of(self, device)
+
+
+@dataclass
+class Coordinates:
+    """Where the optimiser works: z = (x - shift) / scale per channel, the model's own
+    normalised input as in Geiping et al.'s released code (measured stronger than pixel
+    space on ResNet-18: README, "Attack defaults"). Without a declared normalisation the box's
+    centre and a quarter of its width stand in."""
+
+    shift: torch.Tensor   # (1, C, 1, 1)
+    scale: torch.Tensor
+    lo: torch.Tensor      # the pixel box in z
+    hi: torch.Tensor
+
+    @classmethod
+    def of(cls, problem: "InversionProblem", device) -> "Coordinates":
+        lo, hi = problem.box
+        c = problem.image_shape[0]
+        mean = problem.input_mean if problem.input_mean is not None else ((lo + hi) / 2,) * c
+        std = problem.input_std if problem.input_std is not None else ((hi - lo) / 4,) * c
+        shift = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        scale = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return cls(shift, scale, (lo - shift) / scale, (hi - shift) / scale)
+
+    def to_pixels(self, z: torch.Tensor) -> torch.Tensor:
+        return self.shift + self.scale * z
+
+    def clamp_(self, z: torch.Tensor) -> torch.Tensor:
+        return z.clamp_(self.lo, self.hi)
 
 
 @dataclass
@@ -39,8 +73,8 @@ class Budget:
     bn_weight: float = 1e-2
     restarts: int = 1
     init: str = "randn"
-    distance: str = "cosine"
-    signed: bool = False
+    distance: Optional[str] = None   # attacker.distances; None: the attack's own (cosine)
+    signed: Optional[bool] = None    # step on the sign of the gradient; None: the attack's own
     batch_restarts: str = "auto"   # "auto" | "on" | "off": vmap all restarts in one call
     compile: str = "auto"          # attacker.engine.MODES: how the steps run
 
@@ -64,19 +98,20 @@ class InversionResult:
 
 def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Generator,
                   device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dummy images for every restart (drawn on the CPU, so every device starts alike) and
-    dummy label logits."""
+    """Dummy images in normalised coordinates for every restart (drawn on the CPU, so every
+    device starts alike), inside the box, and dummy label logits: `randn` is N(0, 1) in z
+    (the released code's start), `rand` uniform over the box, `zeros` the mean image."""
     shape = (budget.restarts, problem.batch_size, *problem.image_shape)
-    lo, hi = problem.box
-    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    co = problem.coordinates("cpu")
     if budget.init == "randn":
-        x = (mid + half * 0.5 * torch.randn(shape, generator=generator)).clamp(lo, hi)
+        z = torch.randn(shape, generator=generator)
     elif budget.init == "rand":
-        x = lo + (hi - lo) * torch.rand(shape, generator=generator)
+        z = co.lo + (co.hi - co.lo) * torch.rand(shape, generator=generator)
     else:
-        x = torch.full(shape, mid)
+        z = torch.zeros(shape)
+    z = torch.max(torch.min(z, co.hi), co.lo)
     y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
-    return x.to(device), y.to(device)
+    return z.to(device), y.to(device)
 
 
 def step_milestones(iterations: int) -> list[int]:
@@ -84,10 +119,11 @@ def step_milestones(iterations: int) -> list[int]:
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
 
-def finish(problem: InversionProblem, x, y_logits, losses, iters, seconds, history,
+def finish(problem: InversionProblem, z, y_logits, losses, iters, seconds, history,
            engine: str = "") -> InversionResult:
-    """Keep the restart with the lowest gradient distance."""
+    """Keep the restart with the lowest gradient distance; images back in pixel space."""
     best = int(torch.tensor(losses).nan_to_num(float("inf")).argmin())
+    x = problem.coordinates(z.device).to_pixels(z.detach())
     labels = problem.labels if problem.labels is not None else y_logits[best]
     if labels.dim() > 1:  # soft labels (optimised logits or mixed labels): report the argmax
         labels = labels.argmax(-1)

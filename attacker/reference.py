@@ -3,10 +3,11 @@ from the paper and its released defaults, independent of fedsim's objective code
 
 This is the yardstick: the fast path (`attacker.adam`) must take the same steps from the
 same start (tests/test_engine.py), and `benchmarks/attack_speed.py` times it against this.
-Per restart: dummy images x from the same initial guess; loss = 1 - cos(grad(x), target),
-one cosine over all parameters, + tv_weight * TV(x); Adam at lr on the (signed, if asked)
-gradient, decayed by 10 at 3/8, 5/8, 7/8 of the iterations; x clamped to the pixel box;
-the restart whose final gradient distance is lowest wins.
+Per restart: dummy images z in the model's normalised coordinates (x = mean + std * z) from
+the same initial guess; loss = 1 - cos(grad(x), target), one cosine over all parameters,
++ tv_weight * TV(z); Adam at lr on the (signed, if asked) gradient, decayed by 10 at 3/8,
+5/8, 7/8 of the iterations; z clamped so that x stays in the pixel box; the restart whose
+final gradient distance is lowest wins.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def invert_reference(problem: InversionProblem, budget: Budget, *, seed: int = 0
     target = [problem.target[names[i]] for i in keep]
     target_norm = sum(t.pow(2).sum() for t in target).sqrt()
 
-    def gradient_distance(x, y_logits):
+    co = problem.coordinates(device)
+
+    def gradient_distance(z, y_logits):
         y = problem.labels if problem.labels is not None else F.softmax(y_logits, dim=-1)
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        loss = F.cross_entropy(model(co.shift + co.scale * z), y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
         grads = [grads[i] for i in keep]
         dot = sum((g * t).sum() for g, t in zip(grads, target))
         norm = sum(g.pow(2).sum() for g in grads).sqrt()
@@ -65,7 +69,7 @@ def invert_reference(problem: InversionProblem, budget: Budget, *, seed: int = 0
             opt.step()
             sched.step()
             with torch.no_grad():
-                x.clamp_(*problem.box)
+                x.data = torch.max(torch.min(x, co.hi), co.lo)
         losses.append(float(gradient_distance(x, yl).detach()))
         finals.append(x.detach())
         ys[r] = yl.detach()

@@ -33,7 +33,7 @@ def natural32_case(model: str, batch: int, device="cpu"):
     net = exp.new_model().to(device)
     grads, _, _ = batch_gradient(net, x, y)
     prob = InversionProblem(net, informative(grads), batch, ds.image_shape, ds.num_classes,
-                            labels=y)
+                            labels=y, input_mean=ds.mean, input_std=ds.std)
     return prob, x, y, (ds.mean, ds.std)
 
 

@@ -170,7 +170,11 @@ def _leakage(tmp_path, defenses):
     cap = local_capture(cfg)
     obs = observe(cap)
     knowledge = grant_knowledge(KnowledgeConfig(labels="known"), exp, cap, obs.model)
-    result = ATTACKS["inverting_gradients"](Budget(iterations=150, restarts=1)).run(obs, knowledge)
+    # 8x8 digits: no TV prior (it only pulls away from the image the gradient pins down), and
+    # signed steps at lr 0.3, which converge faster on this well-posed problem (README,
+    # "Attack defaults")
+    budget = Budget(iterations=150, tv_weight=0, signed=True, lr=0.3)
+    result = ATTACKS["inverting_gradients"](budget).run(obs, knowledge)
     x, _ = private_batch(exp, cap)
     return score_reconstruction(x, result.images)["psnr"]
 
@@ -182,7 +186,8 @@ def undefended_psnr(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(DEFENDED))
 def test_each_defense_lowers_leakage(tmp_path, undefended_psnr, name):
-    # measured (200 steps, known labels): none 56 dB; gradprune 8, mixup 16, instahide 15, dpsgd 5
+    # measured (150 steps, known labels): none 47 dB; gradprune 8, mixup 15, instahide 15,
+    # dpsgd 5
     assert undefended_psnr > 40
     assert _leakage(tmp_path, DEFENDED[name]) < undefended_psnr - 20
 

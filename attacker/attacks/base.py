@@ -27,6 +27,10 @@ def informative(update: dict[str, torch.Tensor], rel: float = 1e-5) -> dict[str,
     return {k: v for k, v in update.items() if norms[k] > rel * top} or update
 
 
+def _channels(values) -> Optional[tuple[float, ...]]:
+    return tuple(float(v) for v in values) if values is not None else None
+
+
 class Attack:
     name: ClassVar[str]
     distance: ClassVar[str] = "cosine"
@@ -37,11 +41,10 @@ class Attack:
     def check_config(cls, cfg) -> None:
         """Refuse, at config time, an experiment this attack cannot be run on."""
 
-    def __init__(self, budget: Budget, distance: Optional[str] = None,
-                 signed: Optional[bool] = None):
-        """`distance` and `signed` override the attack's own choices when given."""
-        self.budget = replace(budget, distance=distance or self.distance,
-                              signed=self.signed if signed is None else signed)
+    def __init__(self, budget: Budget):
+        """The budget's `distance` and `signed`, where set, override the attack's own."""
+        self.budget = replace(budget, distance=budget.distance or self.distance,
+                              signed=self.signed if budget.signed is None else budget.signed)
 
     # -------------------------------------------------------------- building the problem
     def labels(self, obs: Observation, knowledge: Knowledge) -> Optional[torch.Tensor]:
@@ -74,6 +77,7 @@ class Attack:
             image_shape=obs.image_shape, num_classes=obs.num_classes,
             labels=self.labels(obs, knowledge), bn_targets=self.bn_targets(obs, knowledge),
             mask=mask, box=(-1.0, 1.0) if self.sign_flipped(obs) else (0.0, 1.0),
+            input_mean=_channels(obs.meta.get("mean")), input_std=_channels(obs.meta.get("std")),
         )
 
     @staticmethod

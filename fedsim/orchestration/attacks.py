@@ -28,7 +28,8 @@ def budget_from(cfg: ExperimentConfig) -> Budget:
     a = cfg.attack
     return Budget(iterations=a.iterations, lr=a.lr, tv_weight=a.tv_weight,
                   bn_weight=a.bn_weight, restarts=a.restarts, init=a.init,
-                  batch_restarts=a.batch_restarts, compile=a.compile)
+                  batch_restarts=a.batch_restarts, compile=a.compile, distance=a.distance,
+                  signed=a.signed)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -54,7 +55,7 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     # ---- attacker side: the capture and the granted knowledge, nothing else
     obs = observe(cap, device)
     knowledge = grant_knowledge(cfg.attack.knowledge, exp, cap, obs.model)
-    attack = ATTACKS[name](budget_from(cfg), cfg.attack.distance, cfg.attack.signed)
+    attack = ATTACKS[name](budget_from(cfg))
     update, close = _progress_bar(cfg.attack.iterations,
                                   f"{name} r{cap.round} {capture_stem(cap.observer, cap.partition_id)}",
                                   progress)
