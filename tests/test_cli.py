@@ -9,7 +9,9 @@ from tests.helpers import tiny_config
 
 
 def test_fedsim_attack_writes_grid_and_metrics(tmp_path):
-    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
+    # 8x8 digits: no TV prior, signed steps at lr 0.3 (README, "Attack defaults")
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1},
+                      attack={"tv_weight": 0.0, "signed": True, "lr": 0.3})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.toml").write_text(cfg.to_toml())
