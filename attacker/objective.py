@@ -3,8 +3,6 @@ or FedAvg replay), a distance to the observed update, and weighted regularisers.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad
@@ -37,14 +35,16 @@ class UpdateSimulator:
         p = self.problem
         if p.local_steps == 0:
             return grad(self._loss, has_aux=True)(self.params, x, y)
-        # FedAvg replay: SGD steps over fixed sequential batches of the dummy data
-        params, bs = self.params, p.local_batch_size or x.shape[0]
-        n_batches = math.ceil(x.shape[0] / bs)
-        features = None
-        for step in range(p.local_steps):
-            i = step % n_batches
-            g, feats = grad(self._loss, has_aux=True)(params, x[i * bs:(i + 1) * bs],
-                                                     y[i * bs:(i + 1) * bs])
+        # FedAvg replay: SGD steps over fixed sequential batches of the dummy data, of the
+        # recorded sizes, wrapping around at the end of each pass
+        params, n = self.params, x.shape[0]
+        sizes = p.local_batch_sizes or [n] * p.local_steps
+        features, start = None, 0
+        for size in sizes:
+            idx = [(start + k) % n for k in range(size)]
+            start = (start + size) % n
+            sl = slice(idx[0], idx[0] + size) if idx == list(range(idx[0], idx[0] + size)) else idx
+            g, feats = grad(self._loss, has_aux=True)(params, x[sl], y[sl])
             features = feats if features is None else features
             params = {n: params[n] - p.local_lr * g[n] for n in params}
         return {n: params[n] - self.params[n] for n in params}, features

@@ -23,7 +23,7 @@ class InversionProblem:
     local_steps: int = 0                    # 0: target is a gradient; n >= 1: the weight
                                             # change of n local SGD steps (FedAvg replay)
     local_lr: float = 0.0
-    local_batch_size: Optional[int] = None
+    local_batch_sizes: Optional[list[int]] = None  # of each local step; None: the whole batch
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
     input_mean: Optional[tuple[float, ...]] = None  # the model's input normalisation: the
     input_std: Optional[tuple[float, ...]] = None   # images are optimised as (x - mean) / std

@@ -67,6 +67,8 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 def declared_data_size(meta: dict, kind: str) -> int:
     """How many private examples produced the update, from the reply's public metadata:
     the batch (FedSGD), or the distinct examples of the local steps (FedAvg)."""
+    if meta.get("distinct_examples"):
+        return int(meta["distinct_examples"])
     seen = int(meta["client_metrics"]["num-examples"])
     if kind == "gradient" or meta.get("local_steps"):
         return seen

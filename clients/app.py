@@ -54,7 +54,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({
         "arrays": ArrayRecord(result.update),
         "metrics": MetricRecord(metrics),
-        "update": ConfigRecord({"kind": result.kind}),
+        # facts of the update the server can see anyway: how it was made, step by step
+        "update": ConfigRecord({"kind": result.kind, "batch-sizes": result.batch_sizes,
+                                "distinct-examples": result.distinct_examples}),
     })
     return Message(content=content, reply_to=msg)
 

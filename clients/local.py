@@ -24,6 +24,8 @@ class LocalResult:
     loss: float
     accuracy: float
     extras: dict[str, float] = field(default_factory=dict)
+    batch_sizes: list[int] = field(default_factory=list)  # of each local step, as trained
+    distinct_examples: int = 0                            # different examples among them
 
 
 def training_batches(exp: Experiment, server_round: int, partition_id: int,
@@ -70,7 +72,10 @@ def train_round(exp: Experiment, global_state: dict[str, torch.Tensor], server_r
         update, kind = {k: v.detach().clone() for k, v in model.state_dict().items()}, "weights"
     update = _apply_update_defenses(update, kind, global_state, defenses)
     update = {k: v.detach().cpu() for k, v in update.items()}
-    return LocalResult(update, kind, seen, loss, acc, extras)
+    indices = exp.client_batches(server_round, partition_id)
+    return LocalResult(update, kind, seen, loss, acc, extras,
+                       batch_sizes=[len(x) for x, _ in batches],
+                       distinct_examples=len(np.unique(np.concatenate(indices))))
 
 
 def _apply_update_defenses(update, kind, global_state, defenses):

@@ -55,17 +55,45 @@ def save_capture(root: Path, cap: Capture) -> Path:
     return stem.with_suffix(".pt")
 
 
+class CaptureError(ValueError):
+    """A file that is not a readable fedsim capture; the message names it."""
+
+
+def read_header(path: Path) -> dict:
+    """The capture's JSON header (round, partition, observer, kind, public facts)."""
+    path = Path(path).with_suffix(".json")
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CaptureError(f"{path} is not a readable capture header ({type(err).__name__}: "
+                           f"{err})") from None
+    missing = [k for k in ("round", "partition_id", "observer", "kind", "meta") if k not in header]
+    if missing:
+        raise CaptureError(f"{path} is not a capture header (missing {', '.join(missing)})")
+    return header
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict saved by `save_capture`; loaded with weights_only=True, so a crafted
+    file cannot run code, and anything else is refused with the file's name."""
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or unsafe: one clear line
+        raise CaptureError(f"{path} is not a readable capture tensor file "
+                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    if not isinstance(data, dict) or not all(torch.is_tensor(v) for v in data.values()):
+        raise CaptureError(f"{path} is not a capture tensor file (expected a dict of tensors)")
+    return data
+
+
 def load_capture(path: Path) -> Capture:
     """Load from the update's .pt path (or its .json)."""
     path = Path(path).with_suffix(".pt")
     if not path.is_file():
         raise FileNotFoundError(f"no capture at {path}")
-    header = json.loads(path.with_suffix(".json").read_text())
-    return Capture(
-        weights_before=torch.load(path.parent / "global.pt", weights_only=True),
-        update=torch.load(path, weights_only=True),
-        **header,
-    )
+    header = read_header(path)
+    return Capture(weights_before=_tensors(path.parent / "global.pt"), update=_tensors(path),
+                   **header)
 
 
 def list_captures(run_dir: Path, observer: str = "server") -> list[Path]:

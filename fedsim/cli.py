@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,10 +27,12 @@ def _print_summary(result) -> None:
 def cmd_run(args) -> int:
     from fedsim.orchestration.simulation import run_experiment
 
+    _quiet_flower(args.verbose)
     cfg = load(args.config)
     if args.output_dir:
         cfg = cfg.model_copy(update={"output_dir": args.output_dir})
-    result = run_experiment(cfg, run_dir=args.run_dir, ray_address=args.ray_address)
+    result = run_experiment(cfg, run_dir=args.run_dir, ray_address=args.ray_address,
+                            overwrite=args.overwrite)
     _print_summary(result)
     for rec in result.attacks:
         if "error" in rec:
@@ -45,6 +46,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_attack(args) -> int:
+    from fedsim.capture import read_header
     from fedsim.config import from_dict
     from fedsim.orchestration.attacks import attack_capture
 
@@ -55,8 +57,9 @@ def cmd_attack(args) -> int:
     run_dir = capture.parent.parent.parent
     cfg = load(args.config or run_dir / "config.toml")
     overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,
-                 "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight}
-    header = json.loads(capture.with_suffix(".json").read_text())
+                 "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight,
+                 "compile": args.compile}
+    header = read_header(capture)
     attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None},
               "enabled": True,  # so the attack's own config checks apply before any work
               "rounds": [header["round"]], "clients": [max(header["partition_id"], 0)]}
@@ -80,7 +83,9 @@ def cmd_config(args) -> int:
     if args.action == "show":
         print(load(args.file).to_toml(), end="")
     else:
-        load(args.file)
+        from fedsim.experiment import check_runnable
+
+        check_runnable(load(args.file))
         print(f"{args.file}: ok")
     return 0
 
@@ -101,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment on Flower's simulation engine (Ray)")
     run.add_argument("config", nargs="?", help="experiment TOML (default: experiments/quick.toml)")
     run.add_argument("--run-dir", type=Path, help="write into this folder instead of a new one")
+    run.add_argument("--overwrite", action="store_true",
+                     help="with --run-dir: clear a folder that already holds a run")
     run.add_argument("--output-dir", help="parent folder of new run folders")
     run.add_argument("--ray-address", help="attach to an existing Ray cluster (e.g. auto)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Flower's own log lines")
@@ -119,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--labels", choices=["known", "restored", "optimised"])
     att.add_argument("--batch-size", type=_known_or_int, help="'known' or an assumed integer")
     att.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    att.add_argument("--compile", choices=["auto", "eager", "graph", "inductor", "cudagraph"],
+                     help="how attack steps run (README, The attack engine)")
     att.add_argument("--out", type=Path, help="write results here instead of the run folder")
     att.set_defaults(func=cmd_attack)
 
@@ -129,9 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_console_logging(verbose: bool) -> None:
-    """fedsim's progress lines on the terminal; Flower's own chatter only with --verbose
-    (it always goes to the run folder's run.log)."""
+def _setup_console_logging() -> None:
+    """fedsim's progress lines on the terminal."""
     ours = logging.getLogger("fedsim")
     if not ours.handlers:
         handler = logging.StreamHandler()
@@ -139,6 +147,12 @@ def _setup_console_logging(verbose: bool) -> None:
         ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
+
+
+def _quiet_flower(verbose: bool) -> None:
+    """Flower's own console lines only with --verbose (they always reach run.log). Only
+    `fedsim run` imports Flower: attacking and scoring need neither Flower nor Ray, so they
+    work on a GPU host that has only torch (../shared/notes/gpu.md)."""
     import flwr.common.logger  # noqa: F401  (creates Flower's console handler)
 
     for handler in logging.getLogger("flwr").handlers:
@@ -148,17 +162,17 @@ def _setup_console_logging(verbose: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_console_logging(getattr(args, "verbose", False))
+    _setup_console_logging()
     if getattr(args, "action", None) == "check" and not args.file:
         print("fedsim config check needs a FILE", file=sys.stderr)
         return 2
-    from fedsim.data.datasets import DataNotFoundError
-
-    from fedsim.orchestration.simulation import RunFailed
+    from fedsim.capture import CaptureError
+    from fedsim.data.datasets import DataFormatError, DataNotFoundError
+    from fedsim.runtime import RunFailed
 
     try:
         return args.func(args)
-    except (ConfigError, DataNotFoundError) as err:
+    except (ConfigError, DataNotFoundError, DataFormatError, CaptureError) as err:
         print(err, file=sys.stderr)
         return 2
     except RunFailed as err:

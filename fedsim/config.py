@@ -19,7 +19,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `num_rounds = true` or `seed = "1"` is an error, not a silent 1; no inf/nan
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -133,7 +135,8 @@ class SimulationConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    name: str = "experiment"
+    name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      max_length=100, description="run folder prefix: letters, digits, _ . -")
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=1, ge=1, le=256, description="torch threads per process")
@@ -169,6 +172,14 @@ class ExperimentConfig(_Section):
                 raise ValueError(
                     f"attack.clients entry {c} is outside 0..{self.federation.num_clients - 1}"
                 )
+        if self.attack.enabled and not (self.attack.rounds and self.attack.clients):
+            raise ValueError("attack.rounds and attack.clients must each name at least one "
+                             "entry when attack.enabled (or set enabled = false)")
+        if self.capture.rounds != "all":
+            for r in self.capture.rounds:
+                if not 1 <= r <= self.federation.num_rounds:
+                    raise ValueError(f"capture.rounds entry {r} is outside "
+                                     f"1..{self.federation.num_rounds} (federation.num_rounds)")
         if self.attack.enabled and self.capture.rounds != "all":
             missing = sorted(set(self.attack.rounds) - set(self.capture.rounds))
             if missing:
@@ -231,12 +242,22 @@ def from_dict(data: dict[str, Any]) -> ExperimentConfig:
 def load(path: Union[str, Path, None] = None) -> ExperimentConfig:
     """Load and validate an experiment file; ``None`` gives the embedded default experiment."""
     path = Path(path) if path is not None else default_experiment_path()
+    if path.is_dir():
+        raise ConfigError(f"config error: {str(path)!r} is a folder; give an experiment TOML file")
     if not path.is_file():
         raise ConfigError(f"config error: experiment file {str(path)!r} does not exist")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config error: {path} is not UTF-8 text (byte {err.start})") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config error: {path} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config error: {path} cannot be read ({err.strerror})") from None
+    if not data:
+        import logging
+
+        logging.getLogger("fedsim").warning("%s is empty: running the default of every field", path)
     return from_dict(data)
 
 

@@ -50,6 +50,16 @@ def save_grid(path: Path, originals: torch.Tensor, reconstructions: torch.Tensor
     save_image(make_grid(both, nrow=min(per_row, len(originals)), padding=2, pad_value=1.0), path)
 
 
+def _free_stem(folder: Path, stem: str) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ...: a repeated attack never overwrites an earlier
+    result (each keeps its own row in leakage.jsonl too)."""
+    candidate, n = stem, 1
+    while (folder / f"{candidate}.json").exists():
+        n += 1
+        candidate = f"{stem}_{n}"
+    return candidate
+
+
 def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: str,
                   knowledge: Knowledge, result: InversionResult, run_dir: Path) -> dict:
     originals, true_labels = private_batch(exp, cap)
@@ -57,9 +67,10 @@ def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: st
     match_on = cfg.attack.match_on if (cfg.attack.match_on != "lpips" or lpips_fn) else "psnr"
     scores = score_reconstruction(originals, result.images, true_labels, result.labels,
                                   match_on=match_on, lpips_fn=lpips_fn)
-    stem = f"round_{cap.round:03d}_{capture_stem(cap.observer, cap.partition_id)}_{name}"
     out_dir = run_dir / "attacks"
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _free_stem(out_dir, f"round_{cap.round:03d}_"
+                      f"{capture_stem(cap.observer, cap.partition_id)}_{name}")
     save_grid(out_dir / f"{stem}.png", originals, result.images[scores["pairing"]])
     record = {
         "round": cap.round, "partition_id": cap.partition_id, "observer": cap.observer,
@@ -69,6 +80,7 @@ def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: st
         "knowledge": {"bn_stats": knowledge.bn_stats, "labels": knowledge.labels_mode,
                       "batch_size": knowledge.batch_size},
         "iterations": result.iterations, "restarts": len(result.restart_losses),
+        "engine": result.engine,
         "match_loss": result.match_loss, "seconds": result.seconds, "device": result.device,
         "matched_on": match_on, "lpips": scores.get("lpips"),
         "lpips_note": lpips_note, **{k: v for k, v in scores.items() if k != "lpips"},

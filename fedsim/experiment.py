@@ -6,14 +6,16 @@ data, the partitions and the initial weights without any of it travelling in a m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from fedsim.config import ExperimentConfig, from_dict
+from fedsim.config import ConfigError, ExperimentConfig, from_dict
 from fedsim.data import Dataset, load_dataset, partition_indices
 from fedsim.data.batches import local_batches
 from fedsim.models import build_model
@@ -48,6 +50,34 @@ class Experiment:
 
 def experiment_for(cfg: ExperimentConfig) -> Experiment:
     return _cached(cfg.model_dump_json())
+
+
+def _check_writable(folder: Path) -> None:
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"config error: field 'output_dir': {str(folder)!r} cannot be created "
+                          f"or written ({str(existing)!r} is not a writable folder)")
+
+
+def check_runnable(cfg: ExperimentConfig) -> Experiment:
+    """The checks that need the data and the machine (data present, partitions possible,
+    batches that fit, device available), in one place: `fedsim config check` and
+    `fedsim run` both call it, so they agree, and a run stops here before any work."""
+    from fedsim.device import resolve_device
+
+    resolve_device(cfg.device)
+    try:
+        exp = experiment_for(cfg)
+    except ValueError as err:
+        raise ConfigError(f"config error: {err}") from None
+    _check_writable(Path(cfg.output_dir))
+    largest = max(len(p) for p in exp.partitions)
+    if cfg.federation.batch_size > largest:
+        raise ConfigError(
+            f"config error: field 'federation.batch_size': {cfg.federation.batch_size} is "
+            f"larger than every client's partition (the largest holds {largest} examples); "
+            f"allowed: 1..{largest}")
+    return exp
 
 
 @lru_cache(maxsize=4)

@@ -18,6 +18,10 @@ from fedsim.config import ExperimentConfig, from_dict, load
 ENV_CONFIG = "FEDSIM_CONFIG_TOML"
 ENV_RUN_DIR = "FEDSIM_RUN_DIR"
 
+class RunFailed(RuntimeError):
+    """The simulation ended before every round finished; the run folder keeps what did."""
+
+
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -53,10 +53,12 @@ class ServerCapture:
             return
         content = reply.content
         metrics = dict(content["metrics"])
+        facts = dict(content["update"]) if "update" in content else {}
         self.record(
-            server_round, int(metrics["partition-id"]),
-            str(content["update"]["kind"]) if "update" in content else "weights",
+            server_round, int(metrics["partition-id"]), str(facts.get("kind", "weights")),
             weights_before.to_torch_state_dict(), content["arrays"].to_torch_state_dict(),
             node_id=int(reply.metadata.src_node_id),
             client_metrics={k: float(v) for k, v in metrics.items()},
+            batch_sizes=[int(b) for b in facts.get("batch-sizes", [])],
+            distinct_examples=int(facts.get("distinct-examples", 0)),
         )

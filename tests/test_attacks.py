@@ -18,6 +18,7 @@ from attacker.target import observe
 from clients.local import train_round
 from clients.training import batch_gradient
 from fedsim.capture import Capture
+from fedsim.config import ConfigError
 from fedsim.experiment import experiment_for
 from fedsim.metrics import psnr, score_reconstruction
 from fedsim.orchestration.inprocess import local_capture
@@ -285,3 +286,50 @@ def test_replay_of_a_single_local_step_matches_at_the_true_images(tmp_path):
     assert prob.local_steps == 1
     _, match = make_objective(prob, attack.budget, pixels=True)(x, None)
     assert abs(float(match)) < 1e-4
+
+
+def test_replay_follows_a_short_last_batch(tmp_path):
+    """7 examples, batches of 5, 2 local steps: the client trains on 5 then 2. The capture
+    records those sizes and the replay follows them: zero objective at the true images
+    (it used to assume two full batches and fail on a size mismatch)."""
+    from fedsim.oracle import private_batch
+
+    cfg = tiny_config(tmp_path, data={"name": "digits", "max_train": 14},
+                      federation={"algorithm": "fedavg", "local_steps": 2, "batch_size": 5,
+                                  "lr": 0.5})
+    cap = local_capture(cfg)
+    assert cap.meta["batch_sizes"] == [5, 2] and cap.meta["distinct_examples"] == 7
+    obs = observe(cap)
+    x, y = private_batch(experiment_for(cfg), cap)
+    attack = ATTACKS["fedavg_replay"](Budget(tv_weight=0.0))
+    prob = attack.problem(obs, Knowledge(labels_mode="known", labels=y, batch_size=7))
+    assert prob.local_batch_sizes == [5, 2]
+    _, match = make_objective(prob, attack.budget, pixels=True)(x, None)
+    assert abs(float(match)) < 1e-4
+
+
+def test_replay_wrapping_past_the_partition_runs(tmp_path):
+    """3 steps of 5 over 7 examples wrap into a second pass (5, 2, 5): the attack runs on
+    the recorded sizes instead of failing on a batch-size mismatch."""
+    cfg = tiny_config(tmp_path, data={"name": "digits", "max_train": 14},
+                      federation={"algorithm": "fedavg", "local_steps": 3, "batch_size": 5,
+                                  "lr": 0.5})
+    cap = local_capture(cfg)
+    assert cap.meta["batch_sizes"] == [5, 2, 5]
+    k = Knowledge(labels_mode="restored", batch_size=7)
+    result = ATTACKS["fedavg_replay"](Budget(iterations=5)).run(observe(cap), k)
+    assert result.images.shape[0] == 7 and torch.isfinite(torch.tensor(result.match_loss))
+
+
+def test_batch_larger_than_every_partition_is_refused_before_work(tmp_path, capsys):
+    from fedsim.cli import main
+    from fedsim.experiment import check_runnable
+
+    cfg = tiny_config(tmp_path, data={"name": "digits", "max_train": 14},
+                      federation={"batch_size": 5000})
+    with pytest.raises(ConfigError, match="federation.batch_size.*largest holds 7"):
+        check_runnable(cfg)
+    path = tmp_path / "big.toml"
+    path.write_text(cfg.to_toml())
+    assert main(["config", "check", str(path)]) == 2
+    assert "federation.batch_size" in capsys.readouterr().err

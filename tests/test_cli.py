@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fedsim.capture import save_capture
 from fedsim.cli import main
 from fedsim.orchestration.inprocess import local_capture
@@ -31,7 +33,8 @@ def test_fedsim_attack_rejects_bad_option_and_missing_capture(tmp_path, capsys):
     folder.mkdir(parents=True)
     (run_dir / "config.toml").write_text(cfg.to_toml())
     (folder / "server_client_000.pt").write_bytes(b"")
-    (folder / "server_client_000.json").write_text('{"round": 1, "partition_id": 0}')
+    (folder / "server_client_000.json").write_text(json.dumps(
+        {"round": 1, "partition_id": 0, "observer": "server", "kind": "weights", "meta": {}}))
     code = main(["attack", str(folder / "server_client_000.pt"), "--attack", "nope"])
     assert code == 2 and "attack.name 'nope'" in capsys.readouterr().err
     assert main(["attack", str(folder / "server_client_009.pt")]) == 2
@@ -70,3 +73,47 @@ def test_a_failing_attack_is_recorded_and_the_others_still_run(tmp_path, monkeyp
     rows = [json.loads(line) for line in (run_dir / "leakage.jsonl").read_text().splitlines()]
     assert [r.get("error") for r in rows] == ["MemoryError('out of memory')", None]
     assert rows[1]["partition_id"] == 1 and "psnr" in rows[1] and len(results) == 2
+
+
+def test_reused_run_folder_is_refused_unless_overwritten(tmp_path):
+    from fedsim.config import ConfigError
+    from fedsim.orchestration.simulation import prepare_run_dir
+
+    cfg = tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    prepare_run_dir(cfg, run_dir)
+    (run_dir / "metrics.jsonl").write_text('{"round": 0}\n')
+    with pytest.raises(ConfigError, match="already holds files.*--overwrite"):
+        prepare_run_dir(cfg, run_dir)
+    prepare_run_dir(cfg, run_dir, overwrite=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.toml"]
+
+
+def test_repeated_attack_keeps_both_results(tmp_path):
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    path = save_capture(run_dir, local_capture(cfg))
+    for _ in range(2):
+        assert main(["attack", str(path), "--iterations", "3", "--attack",
+                     "inverting_gradients"]) == 0
+    names = sorted(p.name for p in (run_dir / "attacks").glob("*.json"))
+    assert names == ["round_001_server_client_000_inverting_gradients.json",
+                     "round_001_server_client_000_inverting_gradients_2.json"]
+    rows = (run_dir / "leakage.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_broken_capture_files_get_one_line(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    path = save_capture(run_dir, local_capture(cfg))
+    path.write_bytes(path.read_bytes()[:40])  # truncated tensor file
+    assert main(["attack", str(path)]) == 2
+    assert "not a readable capture tensor file" in capsys.readouterr().err
+    path.with_suffix(".json").write_text("{not json")
+    assert main(["attack", str(path)]) == 2
+    assert "not a readable capture header" in capsys.readouterr().err

@@ -64,3 +64,55 @@ def test_every_shipped_experiment_file_is_valid():
     assert files
     for path in files:
         load(path)
+
+
+@pytest.mark.parametrize("data,needle", [
+    ({"federation": {"num_rounds": True}}, "federation.num_rounds"),
+    ({"federation": {"lr": float("inf")}}, "finite"),
+    ({"name": "../x"}, "field 'name'"),
+    ({"capture": {"rounds": [1, 99, -3]}}, "capture.rounds entry 99"),
+    ({"attack": {"enabled": True, "clients": []}}, "attack.clients"),
+])
+def test_values_that_used_to_pass_silently_are_refused(data, needle):
+    with pytest.raises(ConfigError) as err:
+        from_dict(data)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_files_get_one_line(tmp_path, capsys, caplog):
+    from fedsim.cli import main
+
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    cases = [(latin, "not UTF-8"), (tmp_path, "is a folder")]
+    for path, needle in cases:
+        assert main(["config", "check", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
+    with caplog.at_level("WARNING", logger="fedsim"):
+        load(empty)
+    assert "is empty" in caplog.text
+
+
+def test_checks_that_need_the_data_agree_between_check_and_run(tmp_path, capsys):
+    """`config check` runs the same data-dependent checks as `run`: an impossible
+    partition and an unwritable output folder are one line from both."""
+    from fedsim.cli import main
+    from fedsim.experiment import check_runnable
+
+    blocker = tmp_path / "a-file"  # a folder cannot be made under a file, even by root
+    blocker.write_text("")
+    cases = [({"data": {"max_train": 1}, "federation": {"num_clients": 50}}, "num_clients"),
+             ({"data": {"partition": "dirichlet", "alpha": 0.001},
+               "federation": {"num_clients": 50}}, "alpha"),
+             ({"output_dir": str(blocker / "runs")}, "output_dir")]
+    for sections, needle in cases:
+        cfg = from_dict({"output_dir": str(tmp_path), **sections})
+        with pytest.raises(ConfigError, match=needle):
+            check_runnable(cfg)
+        path = tmp_path / "c.toml"
+        path.write_text(cfg.to_toml())
+        assert main(["config", "check", str(path)]) == 2
+        assert needle in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import os
 import pickle
 
 import numpy as np
@@ -6,7 +7,7 @@ import torch
 
 from fedsim.data import load_dataset, partition_indices
 from fedsim.data.batches import local_batches
-from fedsim.data.datasets import CIFAR_FILES, DataNotFoundError
+from fedsim.data.datasets import CIFAR_FILES, DataFormatError, DataNotFoundError
 
 
 def test_digits_is_real_and_in_unit_range():
@@ -85,3 +86,28 @@ def test_cifar_missing_says_where_to_put_it(tmp_path):
         load_dataset("cifar10", root=str(tmp_path / "nowhere"))
     msg = str(err.value)
     assert "cifar-10-batches-py" in msg and "data_batch_1" in msg and "Unpack" in msg
+
+
+def test_cifar_loader_refuses_a_pickle_that_would_run_code(tmp_path):
+    """A crafted data_batch_1 whose unpickling calls a function: refused, and never run."""
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_tiny_cifar(folder)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(folder / "data_batch_1", "wb") as fh:
+        pickle.dump({b"data": Exploit(), b"labels": [0]}, fh)
+    with pytest.raises(DataFormatError, match="posix.system|os.system"):
+        load_dataset("cifar10", root=str(folder), seed=11)
+    assert not marker.exists()
+
+
+def test_cifar_loader_names_a_truncated_file(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_tiny_cifar(folder)
+    (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:50])
+    with pytest.raises(DataFormatError, match="test_batch is not a readable CIFAR-10 batch"):
+        load_dataset("cifar10", root=str(folder), seed=12)

@@ -3,7 +3,8 @@
 `fedavg_replay` replays the client's local SGD on the dummy data, with the declared (or
 assumed) learning rate, steps and batch size, and matches the resulting weight change.
 `fedavg_naive` is the baseline that treats (old - new) / lr as one gradient of one batch.
-Both assume the dummy data is visited in fixed sequential batches.
+Both assume the dummy data is visited in fixed sequential batches of the recorded sizes,
+wrapping around at the end of each pass.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from attacker.attacks.base import Attack
 from attacker.adam import invert_adam
 
 
-def local_schedule(meta: dict, data_size: int) -> tuple[int, int, float]:
-    """(steps, batch size, lr) of the client's local training, from the declared facts."""
-    bs = int(meta["batch_size"])
+def local_schedule(meta: dict, data_size: int) -> tuple[list[int], float]:
+    """(batch size of each local step, lr) of the client's local training: the sizes the
+    client recorded when the capture has them (a short last batch of an epoch, a batch
+    larger than the partition), else derived from the declared hyper-parameters."""
+    if meta.get("batch_sizes"):
+        return [int(b) for b in meta["batch_sizes"]], float(meta["lr"])
+    bs = min(int(meta["batch_size"]), data_size)
     steps = meta.get("local_steps") or int(meta["local_epochs"]) * math.ceil(data_size / bs)
-    return int(steps), bs, float(meta["lr"])
+    sizes, left = [], data_size
+    for _ in range(int(steps)):
+        sizes.append(min(bs, left))
+        left = left - sizes[-1] or data_size
+    return sizes, float(meta["lr"])
 
 
 class FedAvgReplay(Attack):
@@ -36,8 +45,8 @@ class FedAvgReplay(Attack):
 
     def problem(self, obs, knowledge):
         prob = super().problem(obs, knowledge)
-        steps, bs, lr = local_schedule(obs.meta, knowledge.batch_size)
-        prob.local_steps, prob.local_batch_size, prob.local_lr = steps, bs, lr
+        sizes, lr = local_schedule(obs.meta, knowledge.batch_size)
+        prob.local_steps, prob.local_batch_sizes, prob.local_lr = len(sizes), sizes, lr
         return prob
 
     def solve(self, problem, seed, progress):

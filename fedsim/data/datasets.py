@@ -165,9 +165,41 @@ def _cifar_folder(root: Optional[str]) -> Path:
     return folder
 
 
+class DataFormatError(ValueError):
+    """A data file is not in the format it claims; nothing in it was run."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR-10 python format holds: dicts, lists, bytes, ints and numpy
+    arrays. A file that asks for any other class (`os.system`, say) is refused before
+    anything in it runs, so a crafted `data_batch_1` cannot execute code."""
+
+    ALLOWED = {(mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DataFormatError(f"data.root: {self.path} is not a CIFAR-10 batch: it asks to "
+                                  f"load {module}.{name}, which that format never holds "
+                                  "(refused; nothing in the file was run)")
+        return super().find_class(module, name)
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="bytes")
+        self.path = path
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open(path, "rb") as fh:
-        batch = pickle.load(fh, encoding="bytes")
+        try:
+            batch = _CifarUnpickler(fh, path).load()
+        except DataFormatError:
+            raise
+        except Exception as err:  # noqa: BLE001 - truncated or foreign file: one clear line
+            raise DataFormatError(f"data.root: {path} is not a readable CIFAR-10 batch "
+                                  f"({type(err).__name__}: {err})") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataFormatError(f"data.root: {path} is not a CIFAR-10 batch (no data/labels)")
     data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
     return data, np.asarray(batch[b"labels"], dtype=np.int64)
 

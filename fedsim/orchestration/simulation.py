@@ -15,13 +15,9 @@ from pathlib import Path
 
 from fedsim.config import ExperimentConfig
 from fedsim.records import read_rows, write_csv
-from fedsim.runtime import ENV_CONFIG, ENV_RUN_DIR, FLOWER_ENV, new_run_dir
+from fedsim.runtime import ENV_CONFIG, ENV_RUN_DIR, FLOWER_ENV, RunFailed, new_run_dir
 
 log = logging.getLogger("fedsim")
-
-
-class RunFailed(RuntimeError):
-    """The simulation ended before every round finished; the run folder keeps what did."""
 
 
 @dataclass
@@ -31,7 +27,19 @@ class RunResult:
     attacks: list[dict] = field(default_factory=list)
 
 
-def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None) -> Path:
+def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None,
+                    overwrite: bool = False) -> Path:
+    """A new run folder, or the given one: refused when it already holds a run (rows would
+    mix and captures be replaced), unless `overwrite` clears it first."""
+    if run_dir is not None and Path(run_dir).exists() and any(Path(run_dir).iterdir()):
+        if not overwrite:
+            from fedsim.config import ConfigError
+
+            raise ConfigError(f"--run-dir {run_dir} already holds files: pick a new folder, "
+                              "or pass --overwrite to clear it first")
+        import shutil
+
+        shutil.rmtree(run_dir)
     run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml())
@@ -64,20 +72,17 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
 
 
 def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
-                   ray_address: str | None = None) -> RunResult:
+                   ray_address: str | None = None, overwrite: bool = False) -> RunResult:
     import ray
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from clients.app import make_client_app
     from server.app import app as server_app
 
-    # Fail before any work: data present, partitions possible, device available.
-    from fedsim.device import resolve_device
-    from fedsim.experiment import experiment_for
+    from fedsim.experiment import check_runnable
 
-    resolve_device(cfg.device)
-    experiment_for(cfg)
-    run_dir = prepare_run_dir(cfg, run_dir)
+    check_runnable(cfg)  # before any work
+    run_dir = prepare_run_dir(cfg, run_dir, overwrite)
     env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
     os.environ.update(env)
     handler = _attach_log(run_dir)
@@ -110,9 +115,10 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
-                   ray_address: str | None = None, progress: bool = True) -> RunResult:
+                   ray_address: str | None = None, progress: bool = True,
+                   overwrite: bool = False) -> RunResult:
     """The main job: the federated run, then the configured attacks on its captures."""
-    result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address)
+    result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address, overwrite=overwrite)
     if cfg.attack.enabled:
         from fedsim.orchestration.attacks import attack_run
 
