@@ -22,7 +22,7 @@ from clients.local import LocalResult, train_round
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
 from fedsim.experiment import experiment_for
-from fedsim.runtime import config_from_runtime
+from fedsim.runtime import config_from_runtime, injected_fault
 
 STATE_KEY = "fedsim-client-state"
 
@@ -32,6 +32,7 @@ def client_round(cfg: ExperimentConfig, context: Context, global_state: dict[str
     """One round for this node, with its persistent state; returns the result and metrics."""
     torch.set_num_threads(cfg.threads)
     partition_id = int(context.node_config["partition-id"])
+    injected_fault(server_round, partition_id)
     state = dict(context.state[STATE_KEY]) if STATE_KEY in context.state else {}
     result = train_round(experiment_for(cfg), global_state, server_round, partition_id,
                          build_defenses(cfg), resolve_device(cfg.device), state)

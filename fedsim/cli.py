@@ -17,10 +17,14 @@ def _print_summary(result) -> None:
     table = Table(title=f"fedsim run: {result.run_dir}")
     for col in ("round", "global accuracy", "global loss", "train loss", "clients"):
         table.add_column(col, justify="right")
+    def num(r, key):
+        return f"{r[key]:.4f}" if key in r else "-"
+
     for r in result.rounds:
-        table.add_row(str(r["round"]), f"{r['global_accuracy']:.4f}", f"{r['global_loss']:.4f}",
-                      f"{r['train_loss']:.4f}" if "train_loss" in r else "-",
-                      str(r.get("clients", "-")))
+        clients = str(r.get("clients", "-")) + (f" ({r['failures']} failed)"
+                                                if r.get("failures") else "")
+        table.add_row(str(r["round"]), num(r, "global_accuracy"), num(r, "global_loss"),
+                      num(r, "train_loss"), clients)
     Console().print(table)
 
 
@@ -42,6 +46,12 @@ def cmd_run(args) -> int:
         print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
                   f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  "
                   f"label accuracy {rec['label_accuracy']:.2f}  -> {result.run_dir / rec['grid']}")
+    failures = result.client_failures
+    if failures:
+        print(f"client failures: {sum(failures.values())} in rounds "
+              f"{', '.join(map(str, failures))} (causes in metrics.jsonl and run.log)",
+              file=sys.stderr)
+        return 3
     return 0
 
 
@@ -138,11 +148,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each line (not the stream of the
+    moment it was made), so a replaced or closed stderr never breaks logging."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _setup_console_logging() -> None:
     """fedsim's progress lines on the terminal."""
     ours = logging.getLogger("fedsim")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in ours.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         ours.addHandler(handler)
     ours.setLevel(logging.INFO)

@@ -55,14 +55,21 @@ class FederationConfig(_Section):
     )
     lr: float = Field(default=0.1, gt=0)
     batch_size: int = Field(default=16, ge=1)
+    min_results: int = Field(
+        default=1, ge=1, description="a round with fewer successful client results stops the "
+        "run with an error; failures above it are counted and make the exit status 3")
 
     @model_validator(mode="after")
     def _clients_fit(self) -> "FederationConfig":
+        per_round = self.clients_per_round or self.num_clients
         if self.clients_per_round is not None and self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round ({self.clients_per_round}) must be at most "
                 f"num_clients ({self.num_clients})"
             )
+        if self.min_results > per_round:
+            raise ValueError(f"min_results ({self.min_results}) must be at most the clients "
+                             f"of a round ({per_round})")
         return self
 
 

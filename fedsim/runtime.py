@@ -17,6 +17,18 @@ from fedsim.config import ExperimentConfig, from_dict, load
 
 ENV_CONFIG = "FEDSIM_CONFIG_TOML"
 ENV_RUN_DIR = "FEDSIM_RUN_DIR"
+# For testing failure handling: "ROUND:PARTITION,..." makes those client rounds raise.
+ENV_INJECT_FAULT = "FEDSIM_INJECT_CLIENT_FAULT"
+
+
+def injected_fault(server_round: int, partition_id: int) -> None:
+    """Raise if the environment asks this client round to fail (tests of failure handling;
+    Ray workers inherit the variable from the driver)."""
+    spec = os.environ.get(ENV_INJECT_FAULT, "")
+    wanted = {tuple(int(v) for v in item.split(":")) for item in spec.split(",") if item}
+    if (server_round, partition_id) in wanted:
+        raise RuntimeError(f"injected fault ({ENV_INJECT_FAULT}) in round {server_round}, "
+                           f"partition {partition_id}")
 
 class RunFailed(RuntimeError):
     """The simulation ended before every round finished; the run folder keeps what did."""

@@ -16,7 +16,7 @@ from fedsim.experiment import experiment_for
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
 from server.capture import ServerCapture
 from server.evaluation import RoundRecorder
-from server.strategy import FedSgdAwareFedAvg, ObservedStrategy
+from server.strategy import FedSgdAwareFedAvg, ObservedStrategy, RoundFailed
 
 app = ServerApp()
 
@@ -49,16 +49,21 @@ def main(grid: Grid, context: Context) -> None:
         on_train_metrics=recorder.record_train,
         fraction_train=per_round / fed.num_clients,
         min_train_nodes=per_round,
+        min_results=fed.min_results,
         min_available_nodes=fed.num_clients,
         fraction_evaluate=0.0,
     )
     for defense in defenses:
         strategy = defense.wrap_strategy(strategy, per_round)
     strategy = ObservedStrategy(strategy, on_reply=capture)  # outermost: sees raw replies
-    strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(exp.new_model().state_dict()),
-        num_rounds=fed.num_rounds,
-        train_config=ConfigRecord({}),
-        evaluate_fn=evaluate_global,
-    )
+    try:
+        strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(exp.new_model().state_dict()),
+            num_rounds=fed.num_rounds,
+            train_config=ConfigRecord({}),
+            evaluate_fn=evaluate_global,
+        )
+    except RoundFailed as err:
+        recorder.fail(str(err))
+        raise

@@ -24,22 +24,38 @@ class RoundRecorder:
         self.train: dict[int, dict] = {}
         self.t0 = time.time()
 
-    def record_train(self, server_round: int, metrics, clients: int) -> None:
-        self.train[server_round] = {
-            "train_loss": float(metrics.get("train-loss", float("nan"))),
-            "train_accuracy": float(metrics.get("train-accuracy", float("nan"))),
-            "clients": clients,
-        }
+    def record_train(self, server_round: int, metrics, clients: int,
+                     causes: list[str] | None = None) -> None:
+        causes = causes or []
+        row = {"clients": clients, "failures": len(causes)}
+        if metrics is not None:
+            row["train_loss"] = float(metrics.get("train-loss", float("nan")))
+            row["train_accuracy"] = float(metrics.get("train-accuracy", float("nan")))
+        if causes:
+            row["failure_causes"] = causes
+            log.warning("round %d: %d of %d clients failed: %s", server_round, len(causes),
+                        clients + len(causes), "; ".join(causes))
+        self.train[server_round] = row
+
+    def fail(self, message: str) -> None:
+        """The round that stopped the run, as a row of its own: what failed and why."""
+        last = max(self.train, default=0)
+        append_row(self.path, {"round": last, "error": message,
+                               "elapsed_s": round(time.time() - self.t0, 3), **self.train.get(last, {})})
+        log.error("%s", message)
 
     def evaluate(self, server_round: int, state: dict[str, torch.Tensor]) -> tuple[float, float] | None:
+        """One metrics row per round (the train side and client failures every round, the
+        global model's test loss and accuracy every `evaluation.every` rounds and the last)."""
         cfg = self.exp.cfg
         last = cfg.federation.num_rounds
-        if server_round % cfg.evaluation.every and server_round != last:
-            return None
-        self.model.load_state_dict(state)
-        loss, acc = evaluate(self.model, self.exp.dataset.x_test, self.exp.dataset.y_test)
-        append_row(self.path, {"round": server_round, "global_loss": loss, "global_accuracy": acc,
-                               "elapsed_s": round(time.time() - self.t0, 3),
-                               **self.train.get(server_round, {})})
-        log.info("round %d/%d  global accuracy %.4f  loss %.4f", server_round, last, acc, loss)
-        return loss, acc
+        row = {"round": server_round, **self.train.get(server_round, {})}
+        out = None
+        if server_round == 0 or not server_round % cfg.evaluation.every or server_round == last:
+            self.model.load_state_dict(state)
+            out = evaluate(self.model, self.exp.dataset.x_test, self.exp.dataset.y_test)
+            row.update(global_loss=out[0], global_accuracy=out[1])
+            log.info("round %d/%d  global accuracy %.4f  loss %.4f", server_round, last,
+                     out[1], out[0])
+        append_row(self.path, {**row, "elapsed_s": round(time.time() - self.t0, 3)})
+        return out

@@ -16,7 +16,7 @@ from flwr.server.workflow import DefaultWorkflow
 
 from fedsim.capture import AGGREGATE
 from fedsim.experiment import Experiment
-from server.strategy import sgd_step_arrays
+from server.strategy import RoundFailed, sgd_step_arrays
 
 
 def _weighted(results, key: str) -> float:
@@ -28,6 +28,7 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
     def __init__(self, *, exp: Experiment, capture, recorder, **kwargs):
         super().__init__(**kwargs)
         self.exp, self.capture, self.recorder = exp, capture, recorder
+        self.min_results = exp.cfg.federation.min_results
         self.keys = exp.state_keys
         self.param_keys = {n for n, _ in exp.new_model().named_parameters()}
         self._before: list[np.ndarray] = []
@@ -40,15 +41,20 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
         return {k: torch.from_numpy(np.array(a)) for k, a in zip(self.keys, arrays)}
 
     def aggregate_fit(self, server_round, results, failures):
-        if not results:
-            return None, {}
+        causes = [f"{type(f).__name__}: {f}"[:200] for f in failures]
+        if len(results) < self.min_results:
+            self.recorder.record_train(server_round, None, len(results), causes)
+            raise RoundFailed(f"round {server_round}: {len(results)} of "
+                              f"{len(results) + len(failures)} clients returned a result "
+                              f"(federation.min_results = {self.min_results}); "
+                              + ("; ".join(causes) or "no client replied"))
         # identical in every result; SecAgg+ dequantises to float64: back to the model's dtypes
         aggregate = [np.asarray(a, dtype=b.dtype)
                      for a, b in zip(parameters_to_ndarrays(results[0][1].parameters), self._before)]
         kind = str(results[0][1].metrics.get("kind", "weights"))
         metrics = {"train-loss": _weighted(results, "train-loss"),
                    "train-accuracy": _weighted(results, "train-accuracy")}
-        self.recorder.record_train(server_round, metrics, len(results))
+        self.recorder.record_train(server_round, metrics, len(results), causes)
         update = self._as_state(aggregate)
         if kind == "gradient":
             update = {k: v for k, v in update.items() if k in self.param_keys}
@@ -84,4 +90,8 @@ def run_secure(grid, context, exp: Experiment, secure_defense, capture, recorder
     )
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.num_rounds),
                            strategy=strategy)
-    DefaultWorkflow(fit_workflow=secure_defense.workflow(exp))(grid, legacy)
+    try:
+        DefaultWorkflow(fit_workflow=secure_defense.workflow(exp))(grid, legacy)
+    except RoundFailed as err:
+        recorder.fail(str(err))
+        raise

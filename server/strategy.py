@@ -18,16 +18,32 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 ReplyObserver = Callable[[int, ArrayRecord, Message], None]
 
 
+class RoundFailed(RuntimeError):
+    """A round ended with fewer successful client results than `min_results`."""
+
+
+def failure_causes(replies: list[Message]) -> list[str]:
+    """One short line per failed reply: Flower's error code and reason."""
+    return [f"node {m.metadata.src_node_id}: error {m.error.code}: "
+            f"{(m.error.reason or '').strip().splitlines()[-1][:200] if m.error.reason else '?'}"
+            for m in replies if m.has_error()]
+
+
 class FedSgdAwareFedAvg(FedAvg):
     """Aggregates exactly as Flower's FedAvg (weighted by examples). For FedSGD the clients
-    upload gradients, so the averaged gradient is applied as one server SGD step."""
+    upload gradients, so the averaged gradient is applied as one server SGD step.
 
-    def __init__(self, *, algorithm: str, server_lr: float,
-                 on_train_metrics: Optional[Callable[[int, MetricRecord, int], None]] = None,
+    Client failures are counted every round and handed to `on_train_metrics` with their
+    causes; a round with fewer than `min_results` results raises `RoundFailed`, which ends
+    the run (Flower's FedAvg would go on with whatever arrived, or with nothing)."""
+
+    def __init__(self, *, algorithm: str, server_lr: float, min_results: int = 1,
+                 on_train_metrics: Optional[Callable[..., None]] = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.algorithm = algorithm
         self.server_lr = server_lr
+        self.min_results = min_results
         self.on_train_metrics = on_train_metrics
         self._weights_before: dict[int, ArrayRecord] = {}
 
@@ -38,9 +54,17 @@ class FedSgdAwareFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if self.on_train_metrics is not None and metrics is not None:
-            self.on_train_metrics(server_round, metrics, sum(not m.has_error() for m in replies))
+        causes = failure_causes(replies)
+        results = len(replies) - len(causes)
+        arrays, metrics = (super().aggregate_train(server_round, replies) if results
+                           else (None, None))
+        if self.on_train_metrics is not None:
+            self.on_train_metrics(server_round, metrics, results, causes)
+        if results < self.min_results:
+            raise RoundFailed(
+                f"round {server_round}: {results} of {len(replies)} clients returned a result "
+                f"(federation.min_results = {self.min_results}); "
+                + ("; ".join(causes) if causes else "no client replied"))
         if arrays is not None and self.algorithm == "fedsgd":
             arrays = sgd_step(self._weights_before[server_round], arrays, self.server_lr)
         return arrays, metrics

@@ -26,6 +26,11 @@ class RunResult:
     rounds: list[dict]
     attacks: list[dict] = field(default_factory=list)
 
+    @property
+    def client_failures(self) -> dict[int, int]:
+        """Failed clients per round, for the rounds that had any."""
+        return {r["round"]: r["failures"] for r in self.rounds if r.get("failures")}
+
 
 def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None,
                     overwrite: bool = False) -> Path:
@@ -87,6 +92,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(env)
     handler = _attach_log(run_dir)
     address = ray_address or cfg.simulation.ray_address
+    crashed = None
     try:
         _start_ray(cfg, env, address)
         flwr_run_simulation(
@@ -98,6 +104,9 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
                 "num_gpus": cfg.simulation.gpus_per_client,
             }},
         )
+    except Exception as err:  # noqa: BLE001 - the rows written so far say what finished
+        crashed = err
+        log.error("the simulation stopped: %r", err)
     finally:
         ray.shutdown()
         for name in ("fedsim", "flwr"):
@@ -105,11 +114,15 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         handler.close()
     rows = read_rows(run_dir / "metrics.jsonl")
     write_csv(run_dir / "metrics.csv", rows)
-    done = rows[-1]["round"] if rows else 0
-    if done < cfg.federation.num_rounds:
+    failed = next((r["error"] for r in rows if "error" in r), None)
+    if failed:
+        raise RunFailed(f"{failed}; rounds before it are kept in {run_dir}")
+    done = max((r["round"] for r in rows), default=0)
+    if done < cfg.federation.num_rounds or crashed is not None:
         raise RunFailed(
-            f"the simulation finished {done} of {cfg.federation.num_rounds} rounds; "
-            f"see {run_dir / 'run.log'}"
+            f"the simulation finished {done} of {cfg.federation.num_rounds} rounds"
+            + (f" ({type(crashed).__name__}: {crashed})" if crashed is not None else "")
+            + f"; see {run_dir / 'run.log'}"
         )
     return RunResult(run_dir, rows)
 

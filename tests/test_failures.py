@@ -1,0 +1,42 @@
+"""Failures are loud: a client that fails is counted per round with its cause and sets the
+exit status; a round below `federation.min_results` stops the run with one line, keeping
+every round already finished."""
+
+import json
+
+import pytest
+
+from fedsim.cli import main
+from fedsim.orchestration.simulation import run_simulation
+from fedsim.records import read_rows
+from fedsim.runtime import ENV_INJECT_FAULT, RunFailed
+from tests.helpers import tiny_config
+
+
+def test_a_failed_client_is_counted_named_and_sets_the_exit_status(tmp_path, monkeypatch,
+                                                                    capsys):
+    monkeypatch.setenv(ENV_INJECT_FAULT, "2:1")
+    cfg = tiny_config(tmp_path, federation={"num_rounds": 3})
+    path = tmp_path / "exp.toml"
+    path.write_text(cfg.to_toml())
+    run_dir = tmp_path / "run"
+    assert main(["run", str(path), "--run-dir", str(run_dir)]) == 3
+    assert "client failures: 1 in rounds 2" in capsys.readouterr().err
+    rows = {r["round"]: r for r in read_rows(run_dir / "metrics.jsonl")}
+    assert [rows[r]["failures"] for r in (1, 2, 3)] == [0, 1, 0]
+    assert rows[2]["clients"] == 1 and "injected fault" in rows[2]["failure_causes"][0]
+    assert "round 2: 1 of 2 clients failed" in (run_dir / "run.log").read_text()
+
+
+def test_a_round_with_no_result_stops_the_run_and_keeps_the_rounds_before(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv(ENV_INJECT_FAULT, "2:0,2:1")
+    cfg = tiny_config(tmp_path, federation={"num_rounds": 4})
+    with pytest.raises(RunFailed, match=r"round 2: 0 of 2 clients returned a result.*"
+                                        r"injected fault"):
+        run_simulation(cfg)
+    run_dir = next(tmp_path.glob("t-*"))
+    rows = read_rows(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2] and "error" in rows[-1]
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 4  # header + 3 rows
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])["failures"] == 0
