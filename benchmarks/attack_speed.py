@@ -13,8 +13,10 @@ the same process as its reference, case by case.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,7 @@ SPEED_CASES = [("lenet", 1), ("lenet", 16), ("resnet18", 1), ("resnet18", 4),
 QUALITY_CASES = {"cpu": [("lenet", 1, 300), ("lenet", 4, 300), ("lenet", 1, 1000),
                          ("lenet", 4, 1000)],
                  "cuda": [("lenet", 1, 1000), ("lenet", 4, 1000), ("resnet18", 1, 500)]}
+RESULTS = Path(__file__).parent / "results"
 OLD_DEFAULT = dict(distance="layer_cosine", tv_weight=1e-4, signed=True)
 
 
@@ -142,13 +145,18 @@ def main():
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("FEDSIM_BENCH_THREADS", "2")))
+    name = f"attack_speed_{device.type}" + ("_quick" if args.quick else "")
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    earlier = RESULTS / f"{name}.json"
+    if earlier.is_file():  # a skipped section keeps its earlier figures
+        old = json.loads(earlier.read_text())
+        result.update({k: old[k] for k in ("speed", "quality") if k in args.skip and k in old})
     if "speed" not in args.skip:
         result["speed"] = speed(device, args.quick, args.all_modes)
     if "quality" not in args.skip:
         result["quality"] = quality(device, args.quick)
-    write_result(f"attack_speed_{device.type}" + ("_quick" if args.quick else ""), result)
+    write_result(name, result)
 
 
 if __name__ == "__main__":
