@@ -3,6 +3,12 @@ exit status; a round below `federation.min_results` stops the run with one line,
 every round already finished."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import pytest
 
@@ -40,3 +46,58 @@ def test_a_round_with_no_result_stops_the_run_and_keeps_the_rounds_before(tmp_pa
     assert [r["round"] for r in rows] == [0, 1, 2] and "error" in rows[-1]
     assert (run_dir / "metrics.csv").read_text().count("\n") == 4  # header + 3 rows
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])["failures"] == 0
+
+
+def _own_ray_processes(ray_tmp: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
+            except OSError:
+                continue
+            if ray_tmp in cmd:
+                found.append(cmd[:80])
+    return found
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_one_signal_stops_the_run_cleanly(tmp_path, sig, code):
+    """As a terminal does: the signal goes to the whole process group, once. The run stops
+    within seconds, keeps its finished rounds (CSV included), names its folder in one line,
+    exits 128 + signal, and leaves none of its Ray processes behind."""
+    cfg = tiny_config(tmp_path, federation={"num_rounds": 500, "local_steps": 1})
+    path = tmp_path / "long.toml"
+    path.write_text(cfg.to_toml())
+    run_dir = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix="rsig", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop(ENV_INJECT_FAULT, None)
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", str(path), "--run-dir",
+                             str(run_dir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    sent = time.time()
+    os.killpg(proc.pid, sig)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run was still alive 60 s after one signal")
+    assert proc.returncode == code, out[-2000:]
+    assert time.time() - sent < 30
+    assert f"interrupted ({sig.name})" in out and str(run_dir) in out
+    assert "Traceback" not in out
+    rows = read_rows(metrics)
+    assert len(rows) >= 3
+    assert (run_dir / "metrics.csv").read_text().count("\n") >= len(rows)
+    deadline = time.time() + 10
+    while _own_ray_processes(ray_tmp) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _own_ray_processes(ray_tmp) == []

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,43 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
+def _finish_files(run_dir: Path) -> list[dict]:
+    """The per-round table as far as the run got: metrics.csv from metrics.jsonl."""
+    rows = read_rows(run_dir / "metrics.jsonl")
+    write_csv(run_dir / "metrics.csv", rows)
+    return rows
+
+
+def _stop_on_signals(run_dir: Path) -> dict:
+    """One Ctrl-C (SIGINT) or SIGTERM ends the run within seconds: the files of the rounds
+    already done are finished (CSV included), the Ray processes this run started are shut
+    down, one line names the run folder, and the process exits 130 or 143. Flower's
+    simulation runs the ServerApp in a thread that a KeyboardInterrupt would leave waiting,
+    so the handler ends the process itself. Returns the handlers it replaced."""
+    import signal
+
+    def stop(signum, _frame):
+        import ray
+
+        name = signal.Signals(signum).name
+        log.error("%s: stopping the run", name)
+        for handler in logging.getLogger("flwr").handlers:  # in-flight messages now fail:
+            if not isinstance(handler, logging.FileHandler):  # run.log keeps their lines
+                handler.setLevel(logging.CRITICAL + 1)
+        try:
+            _finish_files(run_dir)
+        finally:
+            ray.shutdown()
+            print(f"interrupted ({name}): the rounds finished so far are in {run_dir}",
+                  file=sys.stderr, flush=True)
+            logging.shutdown()
+            os._exit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
 def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None) -> None:
     import ray
 
@@ -92,9 +130,10 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(env)
     handler = _attach_log(run_dir)
     address = ray_address or cfg.simulation.ray_address
-    crashed = None
+    crashed, replaced = None, {}
     try:
         _start_ray(cfg, env, address)
+        replaced = _stop_on_signals(run_dir)  # after Ray, which sets its own handlers
         flwr_run_simulation(
             server_app=server_app,
             client_app=make_client_app(cfg),
@@ -108,12 +147,15 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         crashed = err
         log.error("the simulation stopped: %r", err)
     finally:
+        import signal
+
+        for sig, old in replaced.items():
+            signal.signal(sig, old)
         ray.shutdown()
         for name in ("fedsim", "flwr"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
-    rows = read_rows(run_dir / "metrics.jsonl")
-    write_csv(run_dir / "metrics.csv", rows)
+    rows = _finish_files(run_dir)
     failed = next((r["error"] for r in rows if "error" in r), None)
     if failed:
         raise RunFailed(f"{failed}; rounds before it are kept in {run_dir}")
