@@ -55,6 +55,9 @@ class FederationConfig(_Section):
     )
     lr: float = Field(default=0.1, gt=0)
     batch_size: int = Field(default=16, ge=1)
+    connect_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long the server waits for num_clients nodes "
+        "to connect before it stops with one line (deployments, `flwr run`)")
     min_results: int = Field(
         default=1, ge=1, description="a round with fewer successful client results stops the "
         "run with an error; failures above it are counted and make the exit status 3")

@@ -7,6 +7,8 @@ With secure aggregation the round runs on Flower's legacy SecAgg+ workflow inste
 
 from __future__ import annotations
 
+import time
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -21,12 +23,31 @@ from server.strategy import FedSgdAwareFedAvg, ObservedStrategy, RoundFailed
 app = ServerApp()
 
 
+class NodesMissing(RuntimeError):
+    """Fewer nodes connected than the experiment has clients."""
+
+
+def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> None:
+    """Flower's strategies wait for their nodes forever, printing a line a second; this
+    bounds the wait and says what to change, once."""
+    deadline = time.monotonic() + timeout_s
+    while (connected := len(list(grid.get_node_ids()))) < needed:
+        if time.monotonic() > deadline:
+            raise NodesMissing(
+                f"federation.num_clients = {needed} needs {needed} connected nodes, but "
+                f"{connected} connected within {timeout_s:g} s (federation.connect_timeout_s). "
+                f"With `flwr run . local`, give the federation that many: --federation-config "
+                f"\"num-supernodes={needed}\"")
+        time.sleep(0.5)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = config_from_runtime(context.run_config)
     run_dir = run_dir_from_runtime(cfg)
     torch.set_num_threads(cfg.threads)
     exp = experiment_for(cfg)
+    wait_for_nodes(grid, cfg.federation.num_clients, cfg.federation.connect_timeout_s)
     recorder = RoundRecorder(exp, run_dir)
     capture = ServerCapture(cfg, run_dir)
     defenses = [d for d in build_defenses(cfg) if d.stage == "transport"]
