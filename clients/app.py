@@ -57,7 +57,8 @@ def train(msg: Message, context: Context) -> Message:
         "metrics": MetricRecord(metrics),
         # facts of the update the server can see anyway: how it was made, step by step
         "update": ConfigRecord({"kind": result.kind, "batch-sizes": result.batch_sizes,
-                                "distinct-examples": result.distinct_examples}),
+                                "distinct-examples": result.distinct_examples,
+                                **{f"effect-{k}": v for k, v in result.effects.items()}}),
     })
     return Message(content=content, reply_to=msg)
 

@@ -26,6 +26,16 @@ class LocalResult:
     extras: dict[str, float] = field(default_factory=dict)
     batch_sizes: list[int] = field(default_factory=list)  # of each local step, as trained
     distinct_examples: int = 0                            # different examples among them
+    effects: dict = field(default_factory=dict)           # what the defenses declared
+
+
+def declared_effects(defenses: list[Defense]) -> dict:
+    """The defenses' declared effects on the upload, merged in order; the default pixel box
+    is [0, 1]."""
+    out: dict = {"pixel_box": [0.0, 1.0]}
+    for d in defenses:
+        out.update(d.effects())
+    return out
 
 
 def training_batches(exp: Experiment, server_round: int, partition_id: int,
@@ -75,7 +85,8 @@ def train_round(exp: Experiment, global_state: dict[str, torch.Tensor], server_r
     indices = exp.client_batches(server_round, partition_id)
     return LocalResult(update, kind, seen, loss, acc, extras,
                        batch_sizes=[len(x) for x, _ in batches],
-                       distinct_examples=len(np.unique(np.concatenate(indices))))
+                       distinct_examples=len(np.unique(np.concatenate(indices))),
+                       effects=declared_effects(defenses))
 
 
 def _apply_update_defenses(update, kind, global_state, defenses):

@@ -1,4 +1,5 @@
-"""The `fedsim` command. Nothing imports this module."""
+"""The `fedsim` command line: parse, run, and turn every expected failure into one line and
+an exit status. The library never imports it."""
 
 from __future__ import annotations
 

@@ -102,7 +102,6 @@ class KnowledgeConfig(_Section):
 class AttackConfig(_Section):
     enabled: bool = False
     name: str = "inverting_gradients"
-    threat_model: Literal["server"] = "server"
     rounds: list[int] = Field(default_factory=lambda: [1])
     clients: list[int] = Field(default_factory=lambda: [0])
     iterations: int = Field(default=10_000, ge=1)
@@ -272,9 +271,9 @@ def load(path: Union[str, Path, None] = None) -> ExperimentConfig:
 
 
 def default_experiment_path() -> Path:
-    """experiments/quick.toml beside the package (source checkout) or inside it (installed)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "experiments" / "quick.toml", here / "quick.toml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError("config error: the default experiments/quick.toml was not found")
+    """experiments/quick.toml of the source checkout that fedsim is installed from."""
+    path = Path(__file__).resolve().parent.parent / "experiments" / "quick.toml"
+    if not path.is_file():
+        raise ConfigError(f"config error: the default experiment {path} was not found; "
+                          "give an experiment file")
+    return path

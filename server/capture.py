@@ -22,8 +22,13 @@ def declared_facts(cfg: ExperimentConfig) -> dict:
         "algorithm": fed.algorithm, "lr": fed.lr, "batch_size": fed.batch_size,
         "local_epochs": fed.local_epochs, "local_steps": fed.local_steps,
         "model": cfg.model.name, "model_norm": cfg.model.norm, "model_width": cfg.model.width,
-        "dataset": cfg.data.name, "defenses": [d.name for d in cfg.defenses],
+        "dataset": cfg.data.name,
     }
+
+
+def _plain(value):
+    """A ConfigRecord value as JSON-friendly Python."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 class ServerCapture:
@@ -61,4 +66,6 @@ class ServerCapture:
             client_metrics={k: float(v) for k, v in metrics.items()},
             batch_sizes=[int(b) for b in facts.get("batch-sizes", [])],
             distinct_examples=int(facts.get("distinct-examples", 0)),
+            effects={k.removeprefix("effect-").replace("-", "_"): _plain(v)
+                     for k, v in facts.items() if k.startswith("effect-")},
         )

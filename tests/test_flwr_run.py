@@ -54,7 +54,8 @@ def _stop_flower(home: str) -> None:
 @pytest.fixture
 def flwr(tmp_path):
     home = tempfile.mkdtemp(prefix="flwrhome", dir="/tmp")
-    env = {**os.environ, "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0",
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FEDSIM_")},
+           "FLWR_HOME": home, "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 

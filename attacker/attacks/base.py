@@ -70,20 +70,25 @@ class Attack:
     def problem(self, obs: Observation, knowledge: Knowledge) -> InversionProblem:
         update = informative(obs.update)
         mask = None
-        if "gradprune" in obs.meta.get("defenses", []):  # declared: match surviving entries only
+        if self.effects(obs).get("sparsified"):  # declared: match surviving entries only
             mask = {n: (t != 0).to(t.dtype) for n, t in update.items()}
         return InversionProblem(
             model=obs.model, target=update, batch_size=knowledge.batch_size,
             image_shape=obs.image_shape, num_classes=obs.num_classes,
             labels=self.labels(obs, knowledge), bn_targets=self.bn_targets(obs, knowledge),
-            mask=mask, box=(-1.0, 1.0) if self.sign_flipped(obs) else (0.0, 1.0),
+            mask=mask, box=tuple(self.effects(obs).get("pixel_box", (0.0, 1.0))),
             input_mean=_channels(obs.meta.get("mean")), input_std=_channels(obs.meta.get("std")),
         )
 
     @staticmethod
     def sign_flipped(obs: Observation) -> bool:
-        """Declared Intra-InstaHide: inputs are sign-flipped mixes in [-1, 1]."""
-        return "instahide" in obs.meta.get("defenses", [])
+        """Declared random per-pixel sign flips (Intra-InstaHide): the best guess is |x|."""
+        return bool(Attack.effects(obs).get("sign_flipped"))
+
+    @staticmethod
+    def effects(obs: Observation) -> dict:
+        """What the client's defenses declared about the upload (recorded in the capture)."""
+        return obs.meta.get("effects", {})
 
     # -------------------------------------------------------------- solving it
     def solve(self, problem: InversionProblem, seed: int,

@@ -47,5 +47,14 @@ class Defense:
     def transform_update(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # what the defense did to what leaves the client -----------------------------------
+    def effects(self) -> dict[str, Any]:
+        """Facts about the upload that the receiver may rely on, declared by the defense
+        (`clients.local.declared_effects` merges them; they travel with the update):
+        `pixel_box` [lo, hi] of the training inputs, `sparsified` (zeros are pruned
+        entries, not values), `mixed_labels` (soft labels), `sign_flipped` (inputs carry a
+        random per-pixel sign)."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{self.name}({self.params.model_dump()})"

@@ -35,12 +35,20 @@ class DPSGD(Defense):
         convert_batchnorm: bool = True
 
     def adjust_config(self, cfg) -> None:
+        """Opacus' own validator, run on the configured model, says whether it can train
+        it; BatchNorm (the module it rejects in our models) is converted to GroupNorm."""
+        from opacus.validators import ModuleValidator
+
+        from fedsim.data.datasets import IMAGE_SHAPES
+        from fedsim.models import structure_probe
+
         m = cfg.model
-        if m.name in ("convnet", "resnet18") and m.norm == "batch":
-            if not self.params.convert_batchnorm:
-                raise ValueError(
-                    "defenses entry 'dpsgd': Opacus cannot train BatchNorm models; set "
-                    "model.norm = 'group' or 'none', or dpsgd param convert_batchnorm = true")
+        errors = ModuleValidator.validate(structure_probe(m, IMAGE_SHAPES[cfg.data.name]))
+        if errors:
+            if not self.params.convert_batchnorm or m.norm != "batch":
+                raise ValueError(f"defenses entry 'dpsgd': Opacus cannot train this model "
+                                 f"({str(errors[0]).splitlines()[0]}); set model.norm = "
+                                 "'group' or 'none', or dpsgd param convert_batchnorm = true")
             m.norm = "group"
             if not _notified:  # configs are re-validated in every process: say it once
                 log.warning("dpsgd: model.norm 'batch' converted to 'group' for Opacus")

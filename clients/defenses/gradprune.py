@@ -32,6 +32,9 @@ class GradPrune(Defense):
     class Params(DefenseParams):
         p: float = Field(default=0.9, ge=0, lt=1, description="fraction pruned per layer")
 
+    def effects(self):
+        return {"sparsified": True}
+
     def transform_update(self, update):
         return {k: prune_smallest(v, self.params.p) if v.is_floating_point() else v
                 for k, v in update.items()}

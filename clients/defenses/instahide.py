@@ -15,7 +15,9 @@ class IntraInstaHide(Defense):
     name = "instahide"
     stage = "data"
     Params = MixParams
-    pixel_box = (-1.0, 1.0)
+
+    def effects(self):
+        return {"mixed_labels": True, "sign_flipped": True, "pixel_box": [-1.0, 1.0]}
 
     def transform_batch(self, x, y, num_classes, rng, pool):
         m = mix(x, y, *pool, num_classes, self.params, rng)

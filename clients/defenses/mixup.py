@@ -9,6 +9,9 @@ class MixUp(Defense):
     stage = "data"
     Params = MixParams
 
+    def effects(self):
+        return {"mixed_labels": True}
+
     def transform_batch(self, x, y, num_classes, rng, pool):
         m = mix(x, y, *pool, num_classes, self.params, rng)
         return m.x, m.y

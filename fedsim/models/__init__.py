@@ -28,9 +28,17 @@ def build_model(name: str, image_shape, num_classes: int, mean, std, norm: str =
     return MODELS[name](tuple(image_shape), num_classes, mean, std, norm, width)
 
 
+def structure_probe(model_cfg, image_shape) -> nn.Module:
+    """The configured architecture with placeholder classes and normalisation constants:
+    for questions about its modules (which layers it has), never for training."""
+    c = image_shape[0]
+    return build_model(model_cfg.name, image_shape, 10, (0.0,) * c, (1.0,) * c,
+                       model_cfg.norm, model_cfg.width)
+
+
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """BatchNorm layers in forward order: what the BatchNorm prior of an attack hooks into."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-__all__ = ["MODELS", "build_model", "batchnorm_layers"]
+__all__ = ["MODELS", "build_model", "batchnorm_layers", "structure_probe"]

@@ -57,5 +57,6 @@ def local_capture(cfg: ExperimentConfig, server_round: int = 1, partition_id: in
     defenses = [d for d in build_defenses(cfg) if d.stage != "transport"]
     res = train_round(exp, before, server_round, partition_id, defenses, torch.device("cpu"))
     meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples},
-            "batch_sizes": res.batch_sizes, "distinct_examples": res.distinct_examples}
+            "batch_sizes": res.batch_sizes, "distinct_examples": res.distinct_examples,
+            "effects": res.effects}
     return Capture(server_round, partition_id, "server", res.kind, before, res.update, meta)

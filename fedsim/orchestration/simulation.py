@@ -127,7 +127,8 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     check_runnable(cfg)  # before any work
     run_dir = prepare_run_dir(cfg, run_dir, overwrite)
     env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
-    os.environ.update(env)
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # Ray workers inherit it; restored when the run ends
     handler = _attach_log(run_dir)
     address = ray_address or cfg.simulation.ray_address
     crashed, replaced = None, {}
@@ -152,6 +153,11 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         for sig, old in replaced.items():
             signal.signal(sig, old)
         ray.shutdown()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         for name in ("fedsim", "flwr"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
