@@ -182,12 +182,24 @@ def test_granted_knowledge_holds_only_what_settings_allow(tmp_path, bn, labels):
     x, y = private_batch(exp, cap)
     assert (k.labels is not None) == (labels == "known")
     assert (k.bn_targets is not None) == (bn == "exact")
-    # nothing in the attacker's inputs is a private image
+    # nothing in the attacker's inputs holds a private image, as a whole or as a run of
+    # pixels inside a larger tensor; the check itself finds an image that is there
     tensors = list(cap.update.values()) + list(cap.weights_before.values())
     tensors += [k.labels] if k.labels is not None else []
+    tensors += [t for pair in (k.bn_targets or []) for t in pair]
+    hidden = torch.cat([torch.rand(5), x[1].flatten(), torch.rand(3)])
+    assert _holds_image(hidden, x[1])
     for t in tensors:
         for img in x:
-            assert t.shape != img.shape or not torch.equal(t, img)
+            assert not _holds_image(t, img)
+
+
+def _holds_image(t: torch.Tensor, img: torch.Tensor) -> bool:
+    flat, pixels = t.detach().float().flatten(), img.flatten()
+    if flat.numel() < pixels.numel():
+        return False
+    windows = flat.unfold(0, pixels.numel(), 1)
+    return bool(torch.isclose(windows, pixels, atol=1e-6).all(dim=1).any())
 
 
 def test_attacker_never_imports_the_private_side():

@@ -126,10 +126,13 @@ def test_dpsgd_trains_but_costs_accuracy(tmp_path):
     assert dp[-1]["global_accuracy"] < plain
 
 
-def test_dpsgd_converts_batchnorm_or_refuses(tmp_path, caplog):
+def test_dpsgd_converts_batchnorm_or_refuses(tmp_path):
     cfg = tiny_config(tmp_path, model={"name": "convnet", "norm": "batch"},
                       defenses=[{"name": "dpsgd"}])
     assert cfg.model.norm == "group"
+    plain = tiny_config(tmp_path, model={"name": "convnet", "norm": "none"},
+                        defenses=[{"name": "dpsgd"}])
+    assert plain.model.norm == "none"  # nothing for Opacus to refuse: left as it is
     with pytest.raises(ConfigError, match="convert_batchnorm"):
         tiny_config(tmp_path, model={"name": "convnet", "norm": "batch"},
                     defenses=[{"name": "dpsgd", "params": {"convert_batchnorm": False}}])

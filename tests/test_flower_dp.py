@@ -1,5 +1,7 @@
 """Flower's DP mods and strategy wrappers inside a real simulated run."""
 
+import math
+
 import pytest
 import torch
 
@@ -41,8 +43,14 @@ def test_flower_dp_run_completes_and_changes_what_leaves_the_client(tmp_path, de
             assert sent.norm() == pytest.approx(0.5, rel=1e-4)
             torch.testing.assert_close(sent, raw * (0.5 / raw.norm()), rtol=1e-4, atol=1e-6)
         else:
-            # local DP: clipped, then Gaussian noise on every entry
-            assert not torch.allclose(sent, raw * (0.5 / raw.norm()), atol=1e-3)
+            # local DP: clipped, then Gaussian noise on every entry with Flower's standard
+            # deviation sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon
+            p = defense["params"]
+            std = 1.0 * math.sqrt(2 * math.log(1.25 / 1e-5)) / p["epsilon"]
+            noise = sent - raw * (0.5 / raw.norm())
+            assert noise.numel() > 1000
+            assert noise.std().item() == pytest.approx(std, rel=0.1)
+            assert abs(noise.mean().item()) < 0.1 * std
 
 
 def test_dpsgd_budget_accumulates_in_the_clients_flower_state(tmp_path):

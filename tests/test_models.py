@@ -20,13 +20,30 @@ def test_resnet_norm_setting(norm, count):
     assert len(batchnorm_layers(m)) == count
 
 
-def test_same_seed_same_init():
-    from tests.helpers import tiny_config
-    from fedsim.experiment import experiment_for
+def test_same_seed_same_init_in_every_process(tmp_path):
+    """Clients, server and evaluator each build the round-0 model in their own process:
+    it must come out the same there, whatever the process's random state, and differ for
+    another seed."""
+    import subprocess
+    import sys
 
-    exp = experiment_for(tiny_config("/tmp"))
-    a, b = exp.new_model().state_dict(), exp.new_model().state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    from fedsim.experiment import experiment_for
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    path = tmp_path / "init.pt"
+    code = ("import sys, torch; torch.manual_seed(12345); torch.rand(7)\n"
+            "from fedsim.config import load; from fedsim.experiment import experiment_for\n"
+            f"torch.save(experiment_for(load({str(tmp_path / 'c.toml')!r})).new_model()"
+            f".state_dict(), {str(path)!r})")
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    subprocess.run([sys.executable, "-c", code], check=True)
+    there = torch.load(path, weights_only=True)
+    torch.rand(3)  # this process's random state moves on
+    here = experiment_for(cfg).new_model().state_dict()
+    assert all(torch.equal(here[k], there[k]) for k in here)
+    other = experiment_for(tiny_config(tmp_path, seed=1)).new_model().state_dict()
+    assert not all(torch.equal(here[k], other[k]) for k in here)
 
 
 def test_resnet_refuses_tiny_images(tmp_path):

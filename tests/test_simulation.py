@@ -32,7 +32,7 @@ def test_fedavg_learns_above_chance(fedavg_run):
     _, result = fedavg_run
     accs = [r["global_accuracy"] for r in result.rounds]
     assert [r["round"] for r in result.rounds] == [0, 1, 2, 3]
-    assert accs[-1] > 0.3 > 0.1  # chance on digits is 0.1
+    assert accs[-1] > 0.3  # chance on digits is 0.1
     assert accs[-1] > accs[0]
     for name in ("config.toml", "metrics.jsonl", "metrics.csv", "run.log"):
         assert (result.run_dir / name).is_file()
