@@ -3,7 +3,7 @@
 `Knowledge` is the only channel through which anything private may reach an attack, and it
 holds something only when the settings grant it: true labels only under labels="known",
 the private batch's own BatchNorm statistics only under bn_stats="exact". It is built by
-the evaluator side (`fedsim.oracle`), never by the attacker.
+the evaluator side (`lab.oracle`), never by the attacker.
 """
 
 from __future__ import annotations

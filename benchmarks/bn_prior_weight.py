@@ -20,8 +20,8 @@ from attacker.target import observe
 from fedsim.config import KnowledgeConfig, from_dict
 from fedsim.experiment import experiment_for
 from fedsim.metrics import score_reconstruction
-from fedsim.oracle import grant_knowledge, private_batch
-from fedsim.orchestration.inprocess import local_capture
+from lab.oracle import grant_knowledge, private_batch
+from lab.orchestration.inprocess import local_capture
 from results_io import write_result
 
 WEIGHTS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)

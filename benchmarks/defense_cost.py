@@ -1,7 +1,7 @@
 """Per defense: extra time per client round against no defense (a ratio, same run), and the
 global accuracy after a fixed number of rounds. Writes benchmarks/results/defense_cost.json.
 
-Runs the in-process reference federation (fedsim.orchestration.inprocess) so the timing is
+Runs the in-process reference federation (lab.orchestration.inprocess) so the timing is
 the defense's own cost, free of Ray and Flower scheduling noise; Flower's DP mods and
 strategy wrappers act only in a Flower run and are measured there by the tests instead.
 
@@ -18,7 +18,7 @@ import torch
 
 from fedsim.config import from_dict
 from fedsim.experiment import experiment_for
-from fedsim.orchestration.inprocess import run_in_process
+from lab.orchestration.inprocess import run_in_process
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 SETTINGS = {

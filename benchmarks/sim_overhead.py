@@ -19,8 +19,8 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 from fedsim.config import load  # noqa: E402
 from fedsim.experiment import experiment_for  # noqa: E402
-from fedsim.orchestration.inprocess import run_in_process  # noqa: E402
-from fedsim.orchestration.simulation import run_simulation  # noqa: E402
+from lab.orchestration.inprocess import run_in_process  # noqa: E402
+from lab.orchestration.simulation import run_simulation  # noqa: E402
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 

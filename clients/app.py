@@ -84,7 +84,7 @@ class LegacyClient(NumPyClient):
 def make_client_app(cfg: Optional[ExperimentConfig]) -> ClientApp:
     defenses = build_defenses(cfg) if cfg is not None else []
     mods = [m for d in defenses if d.stage == "transport" for m in d.client_mods()]
-    if any(getattr(d, "legacy_workflow", False) for d in defenses):
+    if any(d.legacy_workflow for d in defenses):
         return ClientApp(client_fn=lambda context: LegacyClient(context).to_client(), mods=mods)
     client_app = ClientApp(mods=mods)
     client_app.train()(train)

@@ -6,17 +6,8 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for hard labels (int) and for soft labels (rows of probabilities)."""
-    return F.cross_entropy(logits, targets)
-
-
-def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    hard = targets if targets.dim() == 1 else targets.argmax(dim=1)
-    return (logits.argmax(dim=1) == hard).float().mean().item()
+from fedsim.accuracy import accuracy, classification_loss
 
 
 def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], float, float]:
@@ -46,15 +37,3 @@ def local_sgd(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
         total_correct += accuracy(logits, y) * len(x)
         seen += len(x)
     return total_loss / max(seen, 1), total_correct / max(seen, 1), seen
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-    """Mean loss and accuracy of the model in eval mode on a held-out set."""
-    model.eval()
-    loss, correct = 0.0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    return loss / len(x), correct / len(x)

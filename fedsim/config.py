@@ -1,7 +1,11 @@
-"""The typed experiment config: one TOML file, every field defaulted, validated in one place.
+"""The typed experiment config: one TOML file, every field defaulted, structure validated
+here.
 
-Validation happens here and nowhere else, so a bad value stops a run before Ray, Flower or
-any data loading starts, with one message that names the field and what it accepts.
+This is the base floor, so it checks what it can see: types, ranges, the names of models,
+data sets and metrics (read from their registries, which live beside it), and the relations
+between fields. Checks that need the registries above it (attacks, defenses) or the data
+run in one step, `lab.validation.validate`, which `config check` and `run` share. Every
+failure is one line naming the field and what it accepts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ from typing import Any, Literal, Optional, Union
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsim.data.datasets import LOADERS
+from fedsim.metrics.image import METRICS
+from fedsim.models import MODELS
+from fedsim.models.layers import NORMS
+
+DATA_NAMES = tuple(LOADERS)
+MODEL_NAMES = tuple(MODELS)
+MATCH_METRICS = (*METRICS, "lpips")
 
 
 class ConfigError(ValueError):
@@ -25,7 +38,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    name: Literal["digits", "natural32", "cifar10"] = "digits"
+    name: Literal[DATA_NAMES] = "digits"
     root: Optional[str] = Field(
         default=None,
         description="cifar10 only: the folder holding cifar-10-batches-py (or that folder itself)",
@@ -37,8 +50,8 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["lenet", "convnet", "resnet18"] = "lenet"
-    norm: Literal["batch", "group", "none"] = Field(
+    name: Literal[MODEL_NAMES] = "lenet"
+    norm: Literal[NORMS] = Field(
         default="batch", description="normalisation layers of convnet and resnet18"
     )
     width: int = Field(default=16, ge=1, le=512, description="base channel count (convnet, resnet)")
@@ -121,7 +134,7 @@ class AttackConfig(_Section):
     signed: Optional[bool] = Field(
         default=None, description="step on the sign of the image gradient; unset: the "
         "attack's own (no)")
-    match_on: Literal["psnr", "ssim", "rmse", "lpips"] = Field(
+    match_on: Literal[MATCH_METRICS] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
 
@@ -194,7 +207,6 @@ class ExperimentConfig(_Section):
             if missing:
                 raise ValueError(f"attack.rounds {missing} are not in capture.rounds "
                                  f"{self.capture.rounds}: the server keeps nothing to attack")
-        _validate_registered(self)
         return self
 
     # ------------------------------------------------------------------ I/O
@@ -203,21 +215,6 @@ class ExperimentConfig(_Section):
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
-
-
-def _validate_registered(cfg: ExperimentConfig) -> None:
-    """Names that live in registries are checked against them, still before any work."""
-    from attacker.attacks import ATTACKS
-    from clients.defenses import DEFENSES, validate_defense_list
-
-    if cfg.attack.name not in ATTACKS:
-        raise ValueError(f"attack.name {cfg.attack.name!r} is not one of {sorted(ATTACKS)}")
-    if cfg.attack.enabled:
-        ATTACKS[cfg.attack.name].check_config(cfg)
-    unknown = [d.name for d in cfg.defenses if d.name not in DEFENSES]
-    if unknown:
-        raise ValueError(f"defenses entry {unknown[0]!r} is not one of {sorted(DEFENSES)}")
-    validate_defense_list(cfg)
 
 
 def _drop_none(d: Any) -> Any:

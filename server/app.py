@@ -13,11 +13,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clients.defenses import build_defenses
 from fedsim.experiment import experiment_for
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
 from server.capture import ServerCapture
 from server.evaluation import RoundRecorder
+from server.transport import secure_workflow, wrap_strategy
 from server.strategy import FedSgdAwareFedAvg, ObservedStrategy, RoundFailed
 
 app = ServerApp()
@@ -50,12 +50,11 @@ def main(grid: Grid, context: Context) -> None:
     wait_for_nodes(grid, cfg.federation.num_clients, cfg.federation.connect_timeout_s)
     recorder = RoundRecorder(exp, run_dir)
     capture = ServerCapture(cfg, run_dir)
-    defenses = [d for d in build_defenses(cfg) if d.stage == "transport"]
-    secure = next((d for d in defenses if getattr(d, "legacy_workflow", False)), None)
-    if secure is not None:
+    workflow = secure_workflow(cfg, exp)
+    if workflow is not None:
         from server.secure import run_secure
 
-        return run_secure(grid, context, exp, secure, capture, recorder)
+        return run_secure(grid, context, exp, workflow, capture, recorder)
 
     fed = cfg.federation
     per_round = fed.clients_per_round or fed.num_clients
@@ -74,8 +73,7 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=fed.num_clients,
         fraction_evaluate=0.0,
     )
-    for defense in defenses:
-        strategy = defense.wrap_strategy(strategy, per_round)
+    strategy = wrap_strategy(cfg, strategy, per_round)  # Flower's central DP, if configured
     strategy = ObservedStrategy(strategy, on_reply=capture)  # outermost: sees raw replies
     try:
         strategy.start(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clients.training import evaluate
+from fedsim.accuracy import evaluate
 from fedsim.experiment import Experiment
 from fedsim.records import append_row
 

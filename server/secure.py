@@ -71,7 +71,7 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
         return ndarrays_to_parameters(aggregate), metrics
 
 
-def run_secure(grid, context, exp: Experiment, secure_defense, capture, recorder) -> None:
+def run_secure(grid, context, exp: Experiment, workflow, capture, recorder) -> None:
     cfg = exp.cfg
     fed = cfg.federation
     per_round = fed.clients_per_round or fed.num_clients
@@ -91,7 +91,7 @@ def run_secure(grid, context, exp: Experiment, secure_defense, capture, recorder
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=fed.num_rounds),
                            strategy=strategy)
     try:
-        DefaultWorkflow(fit_workflow=secure_defense.workflow(exp))(grid, legacy)
+        DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
     except RoundFailed as err:
         recorder.fail(str(err))
         raise

@@ -1,6 +1,7 @@
 """Small builders shared by tests."""
 
 from fedsim.config import from_dict
+from lab.validation import check_registries
 
 
 def tiny_config(tmp_path, **sections):
@@ -16,4 +17,4 @@ def tiny_config(tmp_path, **sections):
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    return from_dict(base)
+    return check_registries(from_dict(base))

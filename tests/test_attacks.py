@@ -21,7 +21,7 @@ from fedsim.capture import Capture
 from fedsim.config import ConfigError
 from fedsim.experiment import experiment_for
 from fedsim.metrics import psnr, score_reconstruction
-from fedsim.orchestration.inprocess import local_capture
+from lab.orchestration.inprocess import local_capture
 from tests.helpers import tiny_config
 
 
@@ -148,7 +148,7 @@ def _fedavg_capture(tmp_path):
 
 
 def test_fedavg_replay_beats_naive_baseline(tmp_path):
-    from fedsim.oracle import private_batch
+    from lab.oracle import private_batch
 
     exp, cap = _fedavg_capture(tmp_path)
     obs = observe(cap)
@@ -174,7 +174,7 @@ def test_knowledge_refuses_ungranted_private_data():
                                         ("exact", "known")])
 def test_granted_knowledge_holds_only_what_settings_allow(tmp_path, bn, labels):
     from fedsim.config import KnowledgeConfig
-    from fedsim.oracle import grant_knowledge, private_batch
+    from lab.oracle import grant_knowledge, private_batch
 
     exp, cap = _fedavg_capture(tmp_path)
     obs = observe(cap)
@@ -203,8 +203,8 @@ def _holds_image(t: torch.Tensor, img: torch.Tensor) -> bool:
 
 
 def test_attacker_never_imports_the_private_side():
-    forbidden = ("clients", "fedsim.data", "fedsim.oracle", "fedsim.experiment",
-                 "fedsim.orchestration", "server")
+    forbidden = ("clients", "fedsim.data", "lab.oracle", "fedsim.experiment",
+                 "lab.orchestration", "server")
     root = Path(__file__).resolve().parents[1] / "attacker"
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -217,7 +217,7 @@ def test_attacker_never_imports_the_private_side():
 def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
     """Under bn_stats='exact' the prior is zero at the true images and positive elsewhere."""
     from fedsim.config import KnowledgeConfig
-    from fedsim.oracle import grant_knowledge, private_batch
+    from lab.oracle import grant_knowledge, private_batch
 
     cfg = tiny_config(tmp_path, model={"name": "convnet", "norm": "batch", "width": 4},
                       federation={"algorithm": "fedsgd", "batch_size": 3})
@@ -247,7 +247,7 @@ def test_exact_bn_statistics_are_those_of_the_private_batch(tmp_path):
                                    {"name": "resnet18", "norm": "batch", "width": 4}])
 def test_objective_is_zero_at_the_true_images(tmp_path, model):
     """The attack's model of the update is exact: at the private batch it matches perfectly."""
-    from fedsim.oracle import private_batch
+    from lab.oracle import private_batch
 
     data = {"name": "natural32" if model["name"] == "resnet18" else "digits"}
     cfg = tiny_config(tmp_path, data=data, model=model,
@@ -267,7 +267,7 @@ def test_assumed_batch_size_shapes_the_attack_and_scoring(tmp_path):
     """An attacker assuming 2 images behind a 4-image update makes 2; each of the 4
     originals is then scored against its best reconstruction."""
     from fedsim.config import KnowledgeConfig
-    from fedsim.oracle import grant_knowledge, private_batch
+    from lab.oracle import grant_knowledge, private_batch
 
     cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 4})
     exp = experiment_for(cfg)
@@ -286,7 +286,7 @@ def test_assumed_batch_size_shapes_the_attack_and_scoring(tmp_path):
 def test_replay_of_a_single_local_step_matches_at_the_true_images(tmp_path):
     """One FedAvg step is a weight change of -lr * gradient: the replay must model it as
     such (not as a gradient), so the objective is zero at the private images."""
-    from fedsim.oracle import private_batch
+    from lab.oracle import private_batch
 
     cfg = tiny_config(tmp_path, federation={"algorithm": "fedavg", "local_steps": 1,
                                             "batch_size": 3, "lr": 0.5})
@@ -304,7 +304,7 @@ def test_replay_follows_a_short_last_batch(tmp_path):
     """7 examples, batches of 5, 2 local steps: the client trains on 5 then 2. The capture
     records those sizes and the replay follows them: zero objective at the true images
     (it used to assume two full batches and fail on a size mismatch)."""
-    from fedsim.oracle import private_batch
+    from lab.oracle import private_batch
 
     cfg = tiny_config(tmp_path, data={"name": "digits", "max_train": 14},
                       federation={"algorithm": "fedavg", "local_steps": 2, "batch_size": 5,
@@ -334,7 +334,7 @@ def test_replay_wrapping_past_the_partition_runs(tmp_path):
 
 
 def test_batch_larger_than_every_partition_is_refused_before_work(tmp_path, capsys):
-    from fedsim.cli import main
+    from lab.cli import main
     from fedsim.experiment import check_runnable
 
     cfg = tiny_config(tmp_path, data={"name": "digits", "max_train": 14},

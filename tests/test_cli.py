@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedsim.capture import save_capture
-from fedsim.cli import main
-from fedsim.orchestration.inprocess import local_capture
+from lab.cli import main
+from lab.orchestration.inprocess import local_capture
 from tests.helpers import tiny_config
 
 
@@ -54,7 +54,7 @@ def test_missing_cifar_stops_before_any_work(tmp_path, capsys):
 def test_a_failing_attack_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
     import json
 
-    from fedsim.orchestration import attacks as orchestration
+    from lab.orchestration import attacks as orchestration
 
     cfg = tiny_config(tmp_path, federation={"num_clients": 2, "algorithm": "fedsgd", "batch_size": 1},
                       attack={"enabled": True, "clients": [0, 1], "iterations": 5})
@@ -77,7 +77,7 @@ def test_a_failing_attack_is_recorded_and_the_others_still_run(tmp_path, monkeyp
 
 def test_reused_run_folder_is_refused_unless_overwritten(tmp_path):
     from fedsim.config import ConfigError
-    from fedsim.orchestration.simulation import prepare_run_dir
+    from lab.orchestration.simulation import prepare_run_dir
 
     cfg = tiny_config(tmp_path)
     run_dir = tmp_path / "run"

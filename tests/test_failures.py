@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from fedsim.cli import main
-from fedsim.orchestration.simulation import run_simulation
+from lab.cli import main
+from lab.orchestration.simulation import run_simulation
 from fedsim.records import read_rows
 from fedsim.runtime import ENV_INJECT_FAULT, RunFailed
 from tests.helpers import tiny_config
@@ -73,7 +73,7 @@ def test_one_signal_stops_the_run_cleanly(tmp_path, sig, code):
     ray_tmp = tempfile.mkdtemp(prefix="rsig", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     env.pop(ENV_INJECT_FAULT, None)
-    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", str(path), "--run-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path), "--run-dir",
                              str(run_dir)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     metrics = run_dir / "metrics.jsonl"

@@ -8,7 +8,7 @@ import torch
 from clients.local import train_round
 from fedsim.capture import list_captures, load_capture
 from fedsim.experiment import experiment_for
-from fedsim.orchestration.simulation import run_simulation
+from lab.orchestration.simulation import run_simulation
 from tests.helpers import tiny_config
 
 

@@ -7,7 +7,7 @@ from clients.local import train_round
 from fedsim.capture import AGGREGATE, list_captures, load_capture
 from fedsim.config import ConfigError
 from fedsim.experiment import experiment_for
-from fedsim.orchestration.simulation import run_experiment
+from lab.orchestration.simulation import run_experiment
 from tests.helpers import tiny_config
 
 

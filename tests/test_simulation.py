@@ -7,7 +7,7 @@ from clients.local import train_round
 from clients.training import batch_gradient
 from fedsim.capture import list_captures, load_capture
 from fedsim.experiment import experiment_for
-from fedsim.orchestration.simulation import run_experiment, run_simulation
+from lab.orchestration.simulation import run_experiment, run_simulation
 from tests.helpers import tiny_config
 
 

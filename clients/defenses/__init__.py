@@ -43,10 +43,7 @@ def validate_defense_list(cfg: "ExperimentConfig") -> None:
         if len(names) > 1:
             raise ValueError(f"defenses: at most one {stage}-stage defense, got {names}")
     for d in built:
-        if hasattr(d, "adjust_config"):
-            d.adjust_config(cfg)
-        if hasattr(d, "check_config"):
-            d.check_config(cfg)
+        d.check_config(cfg)
 
 
 __all__ = ["DEFENSES", "Defense", "build_defenses", "validate_defense_list"]

@@ -13,13 +13,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
+
+from fedsim.defense_params import DefenseParams
 
 STAGES = ("data", "training", "update", "transport")
-
-
-class DefenseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Defense:
@@ -37,6 +35,10 @@ class Defense:
                 f"defenses entry {self.name!r}, param '{field}': {first['msg']}"
             ) from None
 
+    # every stage ------------------------------------------------------------------------
+    def check_config(self, cfg) -> None:
+        """Refuse, at config time, an experiment this defense cannot run in."""
+
     # data stage -------------------------------------------------------------------------
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                         rng: np.random.Generator, pool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +48,18 @@ class Defense:
     # update stage -----------------------------------------------------------------------
     def transform_update(self, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # training stage ---------------------------------------------------------------------
+    def train(self, model, batches, fed, state: dict):
+        """Replace the local training step: (update, loss, accuracy, examples, extras)."""
+        raise NotImplementedError
+
+    # transport stage --------------------------------------------------------------------
+    legacy_workflow: ClassVar[bool] = False  # the round runs on Flower's legacy path
+
+    def client_mods(self) -> list:
+        """Flower client mods this defense adds around the ClientApp."""
+        return []
 
     # what the defense did to what leaves the client -----------------------------------
     def effects(self) -> dict[str, Any]:

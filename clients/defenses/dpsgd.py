@@ -3,8 +3,8 @@
 The privacy budget epsilon at `delta` is tracked per client across rounds (Opacus' RDP
 accountant over all DP steps the client has taken, kept in the client's persistent state)
 and reported with every update. Opacus cannot compute per-example gradients through
-BatchNorm: such a model is converted to GroupNorm for the whole federation with a one-line
-notice, or rejected when `convert_batchnorm = false`.
+BatchNorm: such a model is refused at config time with the setting that fixes it
+(`model.norm = 'group'`), so every process builds the same model from the same file.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from opacus.optimizers import DPOptimizer
 from pydantic import Field
 
 from clients.defenses.base import Defense, DefenseParams
-from clients.training import accuracy, classification_loss
+from fedsim.accuracy import accuracy, classification_loss
 
 log = logging.getLogger("fedsim")
-_notified: list[bool] = []
 
 
 class DPSGD(Defense):
@@ -32,27 +31,20 @@ class DPSGD(Defense):
         noise_multiplier: float = Field(default=1.0, ge=0)
         max_grad_norm: float = Field(default=1.0, gt=0)
         delta: float = Field(default=1e-5, gt=0, lt=1)
-        convert_batchnorm: bool = True
 
-    def adjust_config(self, cfg) -> None:
+    def check_config(self, cfg) -> None:
         """Opacus' own validator, run on the configured model, says whether it can train
-        it; BatchNorm (the module it rejects in our models) is converted to GroupNorm."""
+        it (it rejects BatchNorm: per-example gradients do not exist through it)."""
         from opacus.validators import ModuleValidator
 
         from fedsim.data.datasets import IMAGE_SHAPES
         from fedsim.models import structure_probe
 
-        m = cfg.model
-        errors = ModuleValidator.validate(structure_probe(m, IMAGE_SHAPES[cfg.data.name]))
+        errors = ModuleValidator.validate(structure_probe(cfg.model, IMAGE_SHAPES[cfg.data.name]))
         if errors:
-            if not self.params.convert_batchnorm or m.norm != "batch":
-                raise ValueError(f"defenses entry 'dpsgd': Opacus cannot train this model "
-                                 f"({str(errors[0]).splitlines()[0]}); set model.norm = "
-                                 "'group' or 'none', or dpsgd param convert_batchnorm = true")
-            m.norm = "group"
-            if not _notified:  # configs are re-validated in every process: say it once
-                log.warning("dpsgd: model.norm 'batch' converted to 'group' for Opacus")
-                _notified.append(True)
+            raise ValueError(f"defenses entry 'dpsgd': Opacus cannot train this model "
+                             f"({str(errors[0]).split('. ')[0]}); set model.norm = 'group' "
+                             "or 'none'")
 
     def train(self, model, batches, fed, state: dict):
         """One FedSGD step or the FedAvg local steps, each clipped and noised per example."""

@@ -4,7 +4,8 @@
 `clipping_norm`, add Gaussian noise for (epsilon, delta) local DP with `sensitivity`.
 `flower_central_dp`: Flower's central DP with fixed clipping, server side (the server clips
 and noises the aggregate: it still sees each individual update) or client side (clients
-clip with `fixedclipping_mod`, the server adds noise).
+clip with `fixedclipping_mod`, the server adds noise). The client halves are here; the
+server's strategy wrappers are in `server/transport.py`.
 
 Both act on FedAvg weight updates: Flower's mods compute new - old weights, which is
 meaningless for FedSGD gradients, so FedSGD is rejected at config time.
@@ -12,11 +13,10 @@ meaningless for FedSGD gradients, so FedSGD is rejected at config time.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from clients.defenses.base import Defense, DefenseParams
+from fedsim.defense_params import CentralDPParams
 
 
 class _FlowerDP(Defense):
@@ -33,12 +33,6 @@ class _FlowerDP(Defense):
         if any(bn.track_running_stats for bn in batchnorm_layers(probe)):
             raise ValueError(f"defenses entry {self.name!r}: noise cannot be added to "
                              "BatchNorm's integer counters; use model.norm 'group' or 'none'")
-
-    def client_mods(self) -> list:
-        return []
-
-    def wrap_strategy(self, strategy, num_sampled: int):
-        return strategy
 
 
 class FlowerLocalDP(_FlowerDP):
@@ -60,10 +54,7 @@ class FlowerLocalDP(_FlowerDP):
 class FlowerCentralDP(_FlowerDP):
     name = "flower_central_dp"
 
-    class Params(DefenseParams):
-        side: Literal["server", "client"] = "server"
-        noise_multiplier: float = Field(default=0.5, ge=0)
-        clipping_norm: float = Field(default=1.0, gt=0)
+    Params = CentralDPParams  # the server half reads it too (server/transport.py)
 
     def client_mods(self):
         if self.params.side == "client":
@@ -71,12 +62,3 @@ class FlowerCentralDP(_FlowerDP):
 
             return [fixedclipping_mod]
         return []
-
-    def wrap_strategy(self, strategy, num_sampled: int):
-        from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
-                                             DifferentialPrivacyServerSideFixedClipping)
-
-        cls = (DifferentialPrivacyServerSideFixedClipping if self.params.side == "server"
-               else DifferentialPrivacyClientSideFixedClipping)
-        return cls(strategy, noise_multiplier=self.params.noise_multiplier,
-                   clipping_norm=self.params.clipping_norm, num_sampled_clients=num_sampled)

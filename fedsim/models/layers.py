@@ -18,6 +18,9 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+NORMS = ("batch", "group", "none")
+
+
 def norm_layer(kind: str, channels: int) -> nn.Module:
     """BatchNorm, GroupNorm (largest group count <= 8 that divides channels) or nothing."""
     if kind == "batch":

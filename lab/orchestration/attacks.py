@@ -1,7 +1,7 @@
 """Invert captured updates: the attacker's side of an attack run.
 
 The attack receives the capture and the granted knowledge only; the evaluator
-(`fedsim.evaluator`) loads the originals afterwards and scores and records the result.
+(`lab.evaluator`) loads the originals afterwards and scores and records the result.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from attacker.target import observe
 from fedsim.capture import AGGREGATE, capture_stem, load_capture, round_dir
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
-from fedsim.evaluator import record_attack
+from lab.evaluator import record_attack
 from fedsim.experiment import experiment_for
-from fedsim.oracle import grant_knowledge
+from lab.oracle import grant_knowledge
 from fedsim.records import append_row
 
 log = logging.getLogger("fedsim")

@@ -122,9 +122,9 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     from clients.app import make_client_app
     from server.app import app as server_app
 
-    from fedsim.experiment import check_runnable
+    from lab.validation import validate
 
-    check_runnable(cfg)  # before any work
+    validate(cfg)  # before any work
     run_dir = prepare_run_dir(cfg, run_dir, overwrite)
     env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
     saved_env = {k: os.environ.get(k) for k in env}
@@ -181,7 +181,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     """The main job: the federated run, then the configured attacks on its captures."""
     result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address, overwrite=overwrite)
     if cfg.attack.enabled:
-        from fedsim.orchestration.attacks import attack_run
+        from lab.orchestration.attacks import attack_run
 
         result.attacks = attack_run(cfg, result.run_dir, progress=progress)
     return result

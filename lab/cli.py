@@ -30,7 +30,7 @@ def _print_summary(result) -> None:
 
 
 def cmd_run(args) -> int:
-    from fedsim.orchestration.simulation import run_experiment
+    from lab.orchestration.simulation import run_experiment
 
     _quiet_flower(args.verbose)
     cfg = load(args.config)
@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
 def cmd_attack(args) -> int:
     from fedsim.capture import read_header
     from fedsim.config import from_dict
-    from fedsim.orchestration.attacks import attack_capture
+    from lab.orchestration.attacks import attack_capture
 
     capture = Path(args.capture)
     if not (capture.with_suffix(".pt").is_file() and capture.with_suffix(".json").is_file()):
@@ -81,7 +81,9 @@ def cmd_attack(args) -> int:
     data["attack"] = attack
     if args.device:
         data["device"] = args.device
-    cfg = from_dict(data)
+    from lab.validation import check_registries
+
+    cfg = check_registries(from_dict(data))
     rec = attack_capture(cfg, capture, args.out or run_dir)
     print(f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  RMSE {rec['rmse']:.3f}  "
           f"LPIPS {rec['lpips'] if rec['lpips'] is not None else 'unavailable'}  "
@@ -94,9 +96,9 @@ def cmd_config(args) -> int:
     if args.action == "show":
         print(load(args.file).to_toml(), end="")
     else:
-        from fedsim.experiment import check_runnable
+        from lab.validation import validate
 
-        check_runnable(load(args.file))
+        validate(load(args.file))
         print(f"{args.file}: ok")
     return 0
 

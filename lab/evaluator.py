@@ -1,5 +1,5 @@
 """The evaluator: scores an attack's reconstructions against the private originals, which
-only it may load (through `fedsim.oracle`), and records the result.
+only it may load (through `lab.oracle`), and records the result.
 
 Each attack leaves RUN_DIR/attacks/<stem>.png (originals over best-matched reconstructions)
 and <stem>.json (every score, per image), and one row in RUN_DIR/leakage.jsonl, written as
@@ -22,7 +22,7 @@ from fedsim.capture import AGGREGATE, Capture, capture_stem
 from fedsim.config import ExperimentConfig
 from fedsim.experiment import Experiment
 from fedsim.metrics import LPIPSUnavailable, lpips_metric, score_reconstruction
-from fedsim.oracle import private_batch
+from lab.oracle import private_batch
 from fedsim.records import append_row
 
 log = logging.getLogger("fedsim")

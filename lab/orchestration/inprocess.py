@@ -12,7 +12,7 @@ import torch
 
 from clients.defenses import build_defenses
 from clients.local import train_round
-from clients.training import evaluate
+from fedsim.accuracy import evaluate
 from fedsim.capture import Capture
 from fedsim.config import ExperimentConfig
 from fedsim.experiment import experiment_for

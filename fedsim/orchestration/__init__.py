@@ -1,1 +1,0 @@
-"""Runs experiments: the Flower simulation engine on Ray (later: sweeps, deployments)."""
