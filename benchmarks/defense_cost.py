@@ -5,7 +5,7 @@ Runs the in-process reference federation (lab.orchestration.inprocess) so the ti
 the defense's own cost, free of Ray and Flower scheduling noise; Flower's DP mods and
 strategy wrappers act only in a Flower run and are measured there by the tests instead.
 
-    python benchmarks/defense_cost.py [--rounds 10]
+    python benchmarks/defense_cost.py [--rounds 20]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SETTINGS = {
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="time is the fastest repeat")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -1,8 +1,9 @@
 """The capture format: what an observer recorded of one client's update in one round.
 
 A capture holds only what crosses the wire plus the public facts of the round (global
-weights before it, architecture, declared hyper-parameters). Written by the server (and by
-later observers), read by the attacker; it never holds private data.
+weights before it, architecture, declared hyper-parameters, the defenses' declared effects).
+Written by an observer (today the honest-but-curious server), read by the attacker; it
+never holds private data.
 
 Layout: captures/round_RRR/global.pt (weights before the round, written once) and
 captures/round_RRR/<observer>_client_PPP.pt + .json (update + metadata).
@@ -22,7 +23,7 @@ import torch
 class Capture:
     round: int
     partition_id: int
-    observer: str                      # "server", later "eavesdropper", "client"
+    observer: str                      # who recorded it: "server"
     kind: str                          # "gradient" (FedSGD) or "weights" (FedAvg)
     weights_before: dict[str, torch.Tensor]
     update: dict[str, torch.Tensor]

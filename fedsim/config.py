@@ -90,7 +90,8 @@ class FederationConfig(_Section):
 
 
 class DefenseConfig(_Section):
-    """One entry of the defense list; the defenses issue fills the registry."""
+    """One entry of the defense list: a name from `clients/defenses` and its params (both
+    checked by `lab.validation`)."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)

@@ -117,3 +117,26 @@ def test_broken_capture_files_get_one_line(tmp_path, capsys):
     path.with_suffix(".json").write_text("{not json")
     assert main(["attack", str(path)]) == 2
     assert "not a readable capture header" in capsys.readouterr().err
+
+
+def test_a_capture_file_that_would_run_code_is_refused(tmp_path):
+    """Captures load with torch.load(weights_only=True): a pickle that calls a function is
+    refused with the file's name, and the function never runs."""
+    import os
+
+    import torch
+
+    from fedsim.capture import CaptureError, load_capture
+
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
+    path = save_capture(tmp_path / "run", local_capture(cfg))
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"w": Exploit()}, path)
+    with pytest.raises(CaptureError, match="not a readable capture tensor file"):
+        load_capture(path)
+    assert not marker.exists()
