@@ -101,3 +101,48 @@ def test_one_signal_stops_the_run_cleanly(tmp_path, sig, code):
     while _own_ray_processes(ray_tmp) and time.time() < deadline:
         time.sleep(0.5)
     assert _own_ray_processes(ray_tmp) == []
+
+
+def test_a_client_worker_killed_mid_run_is_counted_and_the_run_goes_on(tmp_path):
+    """SIGKILL one Ray ClientAppActor of a running `fedsim run` (found by the run's own
+    RAY_TMPDIR in its environment): the rounds after it run with the other client, each
+    counts the failure with Ray's cause, and the exit status is 3."""
+    cfg = tiny_config(tmp_path, federation={"num_rounds": 6, "local_steps": 1})
+    path = tmp_path / "exp.toml"
+    path.write_text(cfg.to_toml())
+    run_dir = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix="rkill", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop(ENV_INJECT_FAULT, None)
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path), "--run-dir",
+                             str(run_dir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    metrics, killed = run_dir / "metrics.jsonl", None
+    deadline = time.time() + 240
+    while killed is None and proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            killed = _kill_one_actor(ray_tmp)
+        time.sleep(0.1)
+    assert killed is not None, "no ClientAppActor of this run was found"
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 3, out[-2000:]
+    rows = read_rows(metrics)
+    failed = [r for r in rows if r.get("failures")]
+    assert failed and all(r["clients"] == 1 for r in failed)
+    assert rows[-1]["round"] == 6
+    assert "actor" in failed[0]["failure_causes"][0].lower()
+
+
+def _kill_one_actor(ray_tmp: str):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="ignore")
+        except OSError:
+            continue
+        if cmd.startswith("ray::ClientAppActor") and ray_tmp in environ:
+            os.kill(int(pid), signal.SIGKILL)
+            return int(pid)
+    return None
