@@ -18,3 +18,55 @@ def tiny_config(tmp_path, **sections):
         else:
             base[key] = value
     return check_registries(from_dict(base))
+
+
+def processes(cmd_has: str = "", env_has: str = "", cmd_starts: str = "") -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose command line contains `cmd_has` and
+    starts with `cmd_starts`, and whose environment contains `env_has`: how tests find
+    the processes they started (by a temporary folder name of their own)."""
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
+            env = open(f"/proc/{pid}/environ", "rb").read().decode(errors="ignore") if env_has else ""
+        except OSError:
+            continue
+        if cmd_has in cmd and env_has in env and cmd.startswith(cmd_starts):
+            found.append((int(pid), cmd.replace("\0", " ")[:120]))
+    return found
+
+
+def start_fedsim_run(cfg, tmp_path, prefix: str):
+    """`fedsim run` of `cfg` in its own process group and with its own RAY_TMPDIR:
+    (process, run folder, Ray temp folder)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    path = tmp_path / "exp.toml"
+    path.write_text(cfg.to_toml())
+    run_dir = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "FEDSIM_INJECT_CLIENT_FAULT"}
+    env["RAY_TMPDIR"] = ray_tmp
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path), "--run-dir",
+                             str(run_dir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return proc, run_dir, ray_tmp
+
+
+def wait_for_rows(proc, metrics, rows: int, timeout_s: float = 240) -> bool:
+    """Wait until the run has written `rows` metrics rows (or ended, or timed out)."""
+    import time
+
+    deadline = time.time() + timeout_s
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= rows:
+            return True
+        time.sleep(0.1)
+    return False

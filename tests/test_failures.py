@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
@@ -16,7 +14,7 @@ from lab.cli import main
 from lab.orchestration.simulation import run_simulation
 from fedsim.records import read_rows
 from fedsim.runtime import ENV_INJECT_FAULT, RunFailed
-from tests.helpers import tiny_config
+from tests.helpers import processes, start_fedsim_run, tiny_config, wait_for_rows
 
 
 def test_a_failed_client_is_counted_named_and_sets_the_exit_status(tmp_path, monkeypatch,
@@ -48,41 +46,15 @@ def test_a_round_with_no_result_stops_the_run_and_keeps_the_rounds_before(tmp_pa
     assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])["failures"] == 0
 
 
-def _own_ray_processes(ray_tmp: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
-            except OSError:
-                continue
-            if ray_tmp in cmd:
-                found.append(cmd[:80])
-    return found
-
-
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_one_signal_stops_the_run_cleanly(tmp_path, sig, code):
     """As a terminal does: the signal goes to the whole process group, once. The run stops
     within seconds, keeps its finished rounds (CSV included), names its folder in one line,
     exits 128 + signal, and leaves none of its Ray processes behind."""
     cfg = tiny_config(tmp_path, federation={"num_rounds": 500, "local_steps": 1})
-    path = tmp_path / "long.toml"
-    path.write_text(cfg.to_toml())
-    run_dir = tmp_path / "run"
-    ray_tmp = tempfile.mkdtemp(prefix="rsig", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop(ENV_INJECT_FAULT, None)
-    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path), "--run-dir",
-                             str(run_dir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc, run_dir, ray_tmp = start_fedsim_run(cfg, tmp_path, "rsig")
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    assert wait_for_rows(proc, metrics, 3), proc.communicate()[0][-2000:]
     sent = time.time()
     os.killpg(proc.pid, sig)
     try:
@@ -98,9 +70,9 @@ def test_one_signal_stops_the_run_cleanly(tmp_path, sig, code):
     assert len(rows) >= 3
     assert (run_dir / "metrics.csv").read_text().count("\n") >= len(rows)
     deadline = time.time() + 10
-    while _own_ray_processes(ray_tmp) and time.time() < deadline:
+    while processes(cmd_has=ray_tmp) and time.time() < deadline:
         time.sleep(0.5)
-    assert _own_ray_processes(ray_tmp) == []
+    assert processes(cmd_has=ray_tmp) == []
 
 
 def test_a_client_worker_killed_mid_run_is_counted_and_the_run_goes_on(tmp_path):
@@ -108,22 +80,12 @@ def test_a_client_worker_killed_mid_run_is_counted_and_the_run_goes_on(tmp_path)
     RAY_TMPDIR in its environment): the rounds after it run with the other client, each
     counts the failure with Ray's cause, and the exit status is 3."""
     cfg = tiny_config(tmp_path, federation={"num_rounds": 6, "local_steps": 1})
-    path = tmp_path / "exp.toml"
-    path.write_text(cfg.to_toml())
-    run_dir = tmp_path / "run"
-    ray_tmp = tempfile.mkdtemp(prefix="rkill", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop(ENV_INJECT_FAULT, None)
-    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path), "--run-dir",
-                             str(run_dir)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    metrics, killed = run_dir / "metrics.jsonl", None
-    deadline = time.time() + 240
-    while killed is None and proc.poll() is None and time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            killed = _kill_one_actor(ray_tmp)
-        time.sleep(0.1)
-    assert killed is not None, "no ClientAppActor of this run was found"
+    proc, run_dir, ray_tmp = start_fedsim_run(cfg, tmp_path, "rkill")
+    metrics = run_dir / "metrics.jsonl"
+    assert wait_for_rows(proc, metrics, 2), proc.communicate()[0][-2000:]
+    actors = processes(cmd_starts="ray::ClientAppActor", env_has=ray_tmp)
+    assert actors, "no ClientAppActor of this run was found"
+    os.kill(actors[0][0], signal.SIGKILL)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 3, out[-2000:]
     rows = read_rows(metrics)
@@ -131,18 +93,3 @@ def test_a_client_worker_killed_mid_run_is_counted_and_the_run_goes_on(tmp_path)
     assert failed and all(r["clients"] == 1 for r in failed)
     assert rows[-1]["round"] == 6
     assert "actor" in failed[0]["failure_causes"][0].lower()
-
-
-def _kill_one_actor(ray_tmp: str):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
-            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="ignore")
-        except OSError:
-            continue
-        if cmd.startswith("ray::ClientAppActor") and ray_tmp in environ:
-            os.kill(int(pid), signal.SIGKILL)
-            return int(pid)
-    return None

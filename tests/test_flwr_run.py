@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,15 +34,7 @@ connect_timeout_s = {timeout_s}
 
 def _stop_flower(home: str) -> None:
     for _ in range(20):
-        pids = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="ignore")
-                except OSError:
-                    continue
-                if home in cmd:
-                    pids.append(int(pid))
+        pids = [pid for pid, _ in processes(cmd_has=home)]
         if not pids:
             return
         for pid in pids:
