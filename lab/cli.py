@@ -181,6 +181,7 @@ def _quiet_flower(verbose: bool) -> None:
     work on a GPU host that has only torch (../shared/notes/gpu.md)."""
     import flwr.common.logger  # noqa: F401  (creates Flower's console handler)
 
+    logging.getLogger("flwr").propagate = False  # its own handlers only, not the root's
     for handler in logging.getLogger("flwr").handlers:
         if not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -82,9 +82,10 @@ def _stop_on_signals(run_dir: Path) -> dict:
 
         name = signal.Signals(signum).name
         log.error("%s: stopping the run", name)
-        for handler in logging.getLogger("flwr").handlers:  # in-flight messages now fail:
-            if not isinstance(handler, logging.FileHandler):  # run.log keeps their lines
-                handler.setLevel(logging.CRITICAL + 1)
+        for logger in (logging.getLogger("flwr"), logging.getLogger()):
+            for handler in logger.handlers:  # in-flight messages now fail: run.log keeps
+                if not isinstance(handler, logging.FileHandler):  # their lines, not the
+                    handler.setLevel(logging.CRITICAL + 1)        # terminal
         try:
             _finish_files(run_dir)
         finally:
