@@ -33,6 +33,10 @@ def injected_fault(server_round: int, partition_id: int) -> None:
 class RunFailed(RuntimeError):
     """The simulation ended before every round finished; the run folder keeps what did."""
 
+    def __init__(self, message: str, run_dir=None):
+        super().__init__(message)
+        self.run_dir = run_dir
+
 
 FLOWER_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",

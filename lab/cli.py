@@ -16,16 +16,21 @@ def _print_summary(result) -> None:
     from rich.table import Table
 
     table = Table(title=f"fedsim run: {result.run_dir}")
-    for col in ("round", "global accuracy", "global loss", "train loss", "clients"):
+    for col in ("round", "global accuracy", "global loss", "train loss", "clients",
+                "worst PSNR so far"):
         table.add_column(col, justify="right")
+
     def num(r, key):
         return f"{r[key]:.4f}" if key in r else "-"
 
+    scored = [(a["round"], a["psnr"], a["observer"]) for a in result.attacks if "psnr" in a]
     for r in result.rounds:
         clients = str(r.get("clients", "-")) + (f" ({r['failures']} failed)"
                                                 if r.get("failures") else "")
+        seen = [(psnr, obs) for rnd, psnr, obs in scored if rnd <= r["round"]]
+        worst = f"{max(seen)[0]:.1f} dB ({max(seen)[1]})" if seen else "-"
         table.add_row(str(r["round"]), num(r, "global_accuracy"), num(r, "global_loss"),
-                      num(r, "train_loss"), clients)
+                      num(r, "train_loss"), clients, worst)
     Console().print(table)
 
 
@@ -92,6 +97,25 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    """Rebuild a run folder's tables; with --match-on or --lpips-net, re-score its attacks
+    from the saved reconstructions first (no re-attacking)."""
+    from lab.evaluator import rescore
+    from lab.tables import build_tables
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.toml)")
+    cfg = load(run_dir / "config.toml")
+    if args.match_on or args.lpips_net:
+        rescore(run_dir, cfg, args.match_on or cfg.attack.match_on,
+                args.lpips_net or cfg.evaluation.lpips_net)
+    leakage, rounds = build_tables(run_dir)
+    print(f"{run_dir / 'leakage.csv'}: {len(leakage)} attacks; "
+          f"{run_dir / 'rounds.csv'}: {len(rounds)} rounds")
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.action == "show":
         print(load(args.file).to_toml(), end="")
@@ -143,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how attack steps run (README, The attack engine)")
     att.add_argument("--out", type=Path, help="write results here instead of the run folder")
     att.set_defaults(func=cmd_attack)
+
+    ev = sub.add_parser("evaluate", help="rebuild a run folder's leakage and round tables")
+    ev.add_argument("run_dir", help="a run folder (RUN_DIR/config.toml)")
+    ev.add_argument("--match-on", choices=["psnr", "ssim", "rmse", "lpips"],
+                    help="re-score every attack, pairing on this metric")
+    ev.add_argument("--lpips-net", choices=["vgg", "alex"],
+                    help="re-score every attack with this LPIPS backbone")
+    ev.set_defaults(func=cmd_evaluate)
 
     conf = sub.add_parser("config", help="show the resolved config or check a file")
     conf.add_argument("action", choices=["show", "check"])

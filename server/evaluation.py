@@ -31,6 +31,8 @@ class RoundRecorder:
         if metrics is not None:
             row["train_loss"] = float(metrics.get("train-loss", float("nan")))
             row["train_accuracy"] = float(metrics.get("train-accuracy", float("nan")))
+            if "dp-epsilon" in metrics:  # DP-SGD: the clients' epsilon so far (mean)
+                row["dp_epsilon"] = float(metrics["dp-epsilon"])
         if causes:
             row["failure_causes"] = causes
             log.warning("round %d: %d of %d clients failed: %s", server_round, len(causes),

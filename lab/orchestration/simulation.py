@@ -63,9 +63,12 @@ def _attach_log(run_dir: Path) -> logging.Handler:
 
 
 def _finish_files(run_dir: Path) -> list[dict]:
-    """The per-round table as far as the run got: metrics.csv from metrics.jsonl."""
+    """The tables as far as the run got: metrics.csv, leakage.csv and rounds.csv."""
+    from lab.tables import build_tables
+
     rows = read_rows(run_dir / "metrics.jsonl")
     write_csv(run_dir / "metrics.csv", rows)
+    build_tables(run_dir)
     return rows
 
 
@@ -165,13 +168,13 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     rows = _finish_files(run_dir)
     failed = next((r["error"] for r in rows if "error" in r), None)
     if failed:
-        raise RunFailed(f"{failed}; rounds before it are kept in {run_dir}")
+        raise RunFailed(f"{failed}; rounds before it are kept in {run_dir}", run_dir)
     done = max((r["round"] for r in rows), default=0)
     if done < cfg.federation.num_rounds or crashed is not None:
         raise RunFailed(
             f"the simulation finished {done} of {cfg.federation.num_rounds} rounds"
             + (f" ({type(crashed).__name__}: {crashed})" if crashed is not None else "")
-            + f"; see {run_dir / 'run.log'}"
+            + f"; see {run_dir / 'run.log'}", run_dir
         )
     return RunResult(run_dir, rows)
 
@@ -180,9 +183,18 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
                    ray_address: str | None = None, progress: bool = True,
                    overwrite: bool = False) -> RunResult:
     """The main job: the federated run, then the configured attacks on its captures."""
-    result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address, overwrite=overwrite)
+    from lab.tables import build_tables
+
+    try:
+        result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address,
+                                overwrite=overwrite)
+    except RunFailed as err:
+        if err.run_dir is not None:
+            build_tables(err.run_dir)  # tables of what finished
+        raise
     if cfg.attack.enabled:
         from lab.orchestration.attacks import attack_run
 
         result.attacks = attack_run(cfg, result.run_dir, progress=progress)
+    build_tables(result.run_dir)
     return result
