@@ -81,9 +81,12 @@ class LegacyClient(NumPyClient):
         return arrays, result.num_examples, {**metrics, "kind": result.kind}
 
 
-def make_client_app(cfg: Optional[ExperimentConfig]) -> ClientApp:
+def make_client_app(cfg: Optional[ExperimentConfig], outer_mods: Optional[list] = None) -> ClientApp:
+    """The ClientApp with its defenses' mods; `outer_mods` wrap them all (observers that
+    must see the reply exactly as it leaves)."""
     defenses = build_defenses(cfg) if cfg is not None else []
-    mods = [m for d in defenses if d.stage == "transport" for m in d.client_mods()]
+    mods = list(outer_mods or []) + [m for d in defenses if d.stage == "transport"
+                                     for m in d.client_mods()]
     if any(d.legacy_workflow for d in defenses):
         return ClientApp(client_fn=lambda context: LegacyClient(context).to_client(), mods=mods)
     client_app = ClientApp(mods=mods)

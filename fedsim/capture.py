@@ -12,6 +12,7 @@ captures/round_RRR/<observer>_client_PPP.pt + .json (update + metadata).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 class Capture:
     round: int
     partition_id: int
-    observer: str                      # who recorded it: "server"
+    observer: str                      # who recorded it: "server", "eavesdropper", "client"
     kind: str                          # "gradient" (FedSGD) or "weights" (FedAvg)
     weights_before: dict[str, torch.Tensor]
     update: dict[str, torch.Tensor]
@@ -43,16 +44,26 @@ def capture_stem(observer: str, partition_id: int) -> str:
     return f"{observer}_client_{partition_id:03d}"
 
 
+def _atomic(path: Path, write) -> None:
+    """Write to a temporary name, then rename: observers in several processes may write the
+    same round's files at once, and a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save_capture(root: Path, cap: Capture) -> Path:
     folder = round_dir(root, cap.round)
     folder.mkdir(parents=True, exist_ok=True)
     global_path = folder / "global.pt"
     if not global_path.exists():
-        torch.save(cap.weights_before, global_path)
+        _atomic(global_path, lambda p: torch.save(cap.weights_before, p))
     stem = folder / capture_stem(cap.observer, cap.partition_id)
-    torch.save(cap.update, stem.with_suffix(".pt"))
+    if cap.update:  # an observer that saw nothing to invert (masked shares) keeps a header
+        _atomic(stem.with_suffix(".pt"), lambda p: torch.save(cap.update, p))
     header = {k: v for k, v in asdict(cap).items() if k not in ("weights_before", "update")}
-    stem.with_suffix(".json").write_text(json.dumps(header, indent=2, sort_keys=True))
+    _atomic(stem.with_suffix(".json"),
+            lambda p: p.write_text(json.dumps(header, indent=2, sort_keys=True)))
     return stem.with_suffix(".pt")
 
 
@@ -98,6 +109,7 @@ def load_capture(path: Path) -> Capture:
 
 
 def list_captures(run_dir: Path, observer: str = "server") -> list[Path]:
+    """The invertible captures of one observer (a header without tensors is not listed)."""
     root = Path(run_dir) / "captures"
     return sorted([*root.glob(f"round_*/{observer}_client_*.pt"),
                    *root.glob(f"round_*/{observer}_aggregate.pt")])

@@ -113,11 +113,31 @@ class KnowledgeConfig(_Section):
         return self
 
 
+OBSERVERS = ("server", "eavesdropper", "client")
+
+
+class EveryN(_Section):
+    """A schedule of every N-th round: `rounds = { every = 5 }` is rounds 5, 10, ..."""
+
+    every: int = Field(ge=1)
+
+
 class AttackConfig(_Section):
     enabled: bool = False
     name: str = "inverting_gradients"
-    rounds: list[int] = Field(default_factory=lambda: [1])
-    clients: list[int] = Field(default_factory=lambda: [0])
+    observers: list[Literal[OBSERVERS]] = Field(
+        default_factory=lambda: ["server"],
+        description="who attacks: the honest-but-curious server (every update it receives), "
+        "an eavesdropper on the wire, an honest-but-curious client (the aggregate only)")
+    observer_client: int = Field(default=0, ge=0,
+                                 description="the partition of the honest-but-curious client")
+    rounds: Union[Literal["all"], list[int], EveryN] = Field(
+        default_factory=lambda: [1], description='attacked rounds: a list, "all", or {every = N}')
+    clients: Union[Literal["all"], list[int]] = Field(
+        default_factory=lambda: [0], description='attacked clients: a list or "all"')
+    when: Literal["during", "after"] = Field(
+        default="after", description="attack while training goes on (Ray tasks beside the "
+        "rounds) or after the last round")
     iterations: int = Field(default=10_000, ge=1)
     lr: float = Field(default=0.1, gt=0)
     tv_weight: float = Field(default=1e-4, ge=0)
@@ -138,6 +158,16 @@ class AttackConfig(_Section):
     match_on: Literal[MATCH_METRICS] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+
+    def scheduled_rounds(self, num_rounds: int) -> list[int]:
+        if self.rounds == "all":
+            return list(range(1, num_rounds + 1))
+        if isinstance(self.rounds, EveryN):
+            return list(range(self.rounds.every, num_rounds + 1, self.rounds.every))
+        return sorted(set(self.rounds))
+
+    def scheduled_clients(self, num_clients: int) -> list[int]:
+        return list(range(num_clients)) if self.clients == "all" else sorted(set(self.clients))
 
 
 class CaptureConfig(_Section):
@@ -184,18 +214,26 @@ class ExperimentConfig(_Section):
                              f"data.name {self.data.name!r} has {side}x{side} (use lenet or convnet)")
         if self.data.name == "cifar10" and not self.data.root:
             raise ValueError("data.root is required for cifar10 (the folder with cifar-10-batches-py)")
-        for r in self.attack.rounds:
+        a, fed = self.attack, self.federation
+        for r in (a.rounds if isinstance(a.rounds, list) else []):
             if not 1 <= r <= self.federation.num_rounds:
                 raise ValueError(
                     f"attack.rounds entry {r} is outside 1..{self.federation.num_rounds} "
                     "(federation.num_rounds)"
                 )
-        for c in self.attack.clients:
+        if a.observer_client >= fed.num_clients:
+            raise ValueError(f"attack.observer_client {a.observer_client} is outside "
+                             f"0..{fed.num_clients - 1}")
+        if a.enabled and not a.observers:
+            raise ValueError("attack.observers must name at least one of "
+                             f"{list(OBSERVERS)} when attack.enabled")
+        for c in (a.clients if isinstance(a.clients, list) else []):
             if not 0 <= c < self.federation.num_clients:
                 raise ValueError(
                     f"attack.clients entry {c} is outside 0..{self.federation.num_clients - 1}"
                 )
-        if self.attack.enabled and not (self.attack.rounds and self.attack.clients):
+        if a.enabled and not (a.scheduled_rounds(fed.num_rounds)
+                              and a.scheduled_clients(fed.num_clients)):
             raise ValueError("attack.rounds and attack.clients must each name at least one "
                              "entry when attack.enabled (or set enabled = false)")
         if self.capture.rounds != "all":
@@ -203,8 +241,8 @@ class ExperimentConfig(_Section):
                 if not 1 <= r <= self.federation.num_rounds:
                     raise ValueError(f"capture.rounds entry {r} is outside "
                                      f"1..{self.federation.num_rounds} (federation.num_rounds)")
-        if self.attack.enabled and self.capture.rounds != "all":
-            missing = sorted(set(self.attack.rounds) - set(self.capture.rounds))
+        if a.enabled and self.capture.rounds != "all":
+            missing = sorted(set(a.scheduled_rounds(fed.num_rounds)) - set(self.capture.rounds))
             if missing:
                 raise ValueError(f"attack.rounds {missing} are not in capture.rounds "
                                  f"{self.capture.rounds}: the server keeps nothing to attack")

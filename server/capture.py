@@ -32,10 +32,11 @@ def _plain(value):
 
 
 class ServerCapture:
-    """Callable handed to the strategy: writes one capture per client reply."""
+    """Callable handed to the strategy: writes one capture per client reply. The same
+    writer serves any observer that sees a reply as it crossed the wire (`observer`)."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, observer: str = "server"):
+        self.cfg, self.run_dir, self.observer = cfg, Path(run_dir), observer
         self.rounds = cfg.capture.rounds
         self.facts = declared_facts(cfg)
         self.saved: list[Path] = []
@@ -48,7 +49,7 @@ class ServerCapture:
         """Write one capture (if this round is captured), with the round's declared facts."""
         if not self.wants(server_round):
             return
-        cap = Capture(round=server_round, partition_id=partition_id, observer="server",
+        cap = Capture(round=server_round, partition_id=partition_id, observer=self.observer,
                       kind=kind, weights_before=weights_before, update=update,
                       meta={**self.facts, **meta})
         self.saved.append(save_capture(self.run_dir, cap))

@@ -67,20 +67,41 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     return record_attack(cfg, exp, cap, name, knowledge, result, Path(run_dir))
 
 
-def _targets(cfg: ExperimentConfig, run_dir: Path):
-    for rnd in cfg.attack.rounds:
-        aggregate = round_dir(run_dir, rnd) / f"{capture_stem('server', AGGREGATE)}.pt"
-        if aggregate.is_file():  # secure aggregation: no individual update exists
-            log.info("round %d: the server holds only the aggregate (secure aggregation); "
-                     "attacking the aggregate instead of clients %s", rnd, cfg.attack.clients)
-            yield rnd, AGGREGATE, aggregate
-            continue
-        for client in cfg.attack.clients:
-            path = round_dir(run_dir, rnd) / f"{capture_stem('server', client)}.pt"
-            if not path.is_file():
-                log.warning("no capture for round %d client %d (capture.rounds?)", rnd, client)
+def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None):
+    """(observer, round, client, capture path) of every scheduled attack whose capture
+    exists, for every configured observer. Under secure aggregation the server and the
+    eavesdropper have no individual update: the server's aggregate is attacked instead, and
+    the eavesdropper's masked shares are reported, not inverted."""
+    a, fed = cfg.attack, cfg.federation
+    rounds = a.scheduled_rounds(fed.num_rounds) if rounds is None else rounds
+    clients = a.scheduled_clients(fed.num_clients)
+    for observer in a.observers:
+        for rnd in rounds:
+            folder = round_dir(run_dir, rnd)
+            if observer == "client":
+                path = folder / f"{capture_stem('client', AGGREGATE)}.pt"
+                if path.is_file():
+                    yield observer, rnd, AGGREGATE, path
+                elif rnd == fed.num_rounds:
+                    log.info("round %d: a client never receives the last global model; "
+                             "the client observer has nothing to attack", rnd)
                 continue
-            yield rnd, client, path
+            aggregate = folder / f"{capture_stem(observer, AGGREGATE)}.pt"
+            if aggregate.is_file():  # secure aggregation: no individual update exists
+                log.info("round %d: the %s holds only the aggregate (secure aggregation)",
+                         rnd, observer)
+                yield observer, rnd, AGGREGATE, aggregate
+                continue
+            for client in clients:
+                path = folder / f"{capture_stem(observer, client)}.pt"
+                if path.is_file():
+                    yield observer, rnd, client, path
+                elif path.with_suffix(".json").is_file():
+                    log.info("round %d client %d: the %s saw masked SecAgg+ shares only; "
+                             "nothing to invert", rnd, client, observer)
+                else:
+                    log.warning("no %s capture for round %d client %d (capture.rounds?)",
+                                observer, rnd, client)
 
 
 def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
@@ -89,13 +110,13 @@ def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> l
     An attack that raises (out of memory, say) is logged and recorded with its error in
     leakage.jsonl, and the others still run."""
     results = []
-    for rnd, client, path in _targets(cfg, run_dir):
+    for observer, rnd, client, path in targets(cfg, run_dir):
         try:
             results.append(attack_capture(cfg, path, run_dir, progress=progress))
         except Exception as err:  # noqa: BLE001 - keep every other result
-            log.error("attack %s on round %d client %d failed: %r", cfg.attack.name, rnd,
-                      client, err)
-            row = {"round": rnd, "partition_id": client, "observer": "server",
+            log.error("attack %s by the %s on round %d client %d failed: %r", cfg.attack.name,
+                      observer, rnd, client, err)
+            row = {"round": rnd, "partition_id": client, "observer": observer,
                    "attack": cfg.attack.name, "error": repr(err)}
             append_row(Path(run_dir) / "leakage.jsonl", row)
             results.append(row)

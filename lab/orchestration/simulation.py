@@ -124,6 +124,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from clients.app import make_client_app
+    from lab.observers import observer_mods
     from server.app import app as server_app
 
     from lab.validation import validate
@@ -141,7 +142,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         replaced = _stop_on_signals(run_dir)  # after Ray, which sets its own handlers
         flwr_run_simulation(
             server_app=server_app,
-            client_app=make_client_app(cfg),
+            client_app=make_client_app(cfg, observer_mods(cfg)),
             num_supernodes=cfg.federation.num_clients,
             backend_config={"client_resources": {
                 "num_cpus": cfg.simulation.cpus_per_client,

@@ -1,0 +1,121 @@
+"""The attacker's other positions, as Flower client mods that wrap any ClientApp:
+
+- `eavesdropper_mod`: on the wire. Installed outermost, it sees each reply as it leaves the
+  client, after the client's defenses and every other mod (Flower's DP, SecAgg+), and
+  writes it as an `eavesdropper` capture. Under SecAgg+ the replies carry masked shares
+  only: it records a header saying so, with nothing to invert.
+- `client_observer_mod`: an honest-but-curious participant. It sees only the global models
+  it receives, so its capture of round r is the change from the global model of round r to
+  that of round r + 1: the aggregate of every client's update (observer `client`). It
+  never sees the last round's result.
+
+Both write into the run folder of the experiment the ClientApp runs (`fedsim.runtime`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message
+
+from fedsim.capture import AGGREGATE, Capture, round_dir, save_capture
+from fedsim.config import ExperimentConfig
+from fedsim.runtime import config_from_runtime, run_dir_from_runtime
+from server.capture import ServerCapture, declared_facts
+
+log = logging.getLogger("fedsim")
+
+
+def _round_of(msg: Message) -> int:
+    return int(msg.content["config"]["server-round"])
+
+
+def _is_train(msg: Message) -> bool:
+    return "config" in msg.content and "server-round" in msg.content["config"]
+
+
+def _wire_round(msg: Message):
+    """The round of a training message: its config says it (Message API), or its group id
+    (Flower's legacy workflows, SecAgg+ stages included); None for other messages."""
+    if _is_train(msg):
+        return _round_of(msg)
+    if msg.metadata.message_type == "train" and str(msg.metadata.group_id).isdigit():
+        return int(msg.metadata.group_id)
+    return None
+
+
+def eavesdropper_mod(msg: Message, context: Context, call_next) -> Message:
+    reply = call_next(msg, context)
+    rnd = _wire_round(msg)
+    if reply.has_error() or rnd is None:
+        return reply
+    cfg = config_from_runtime(context.run_config)
+    run_dir = run_dir_from_runtime(cfg)
+    writer = ServerCapture(cfg, run_dir, observer="eavesdropper")
+    if not writer.wants(rnd):
+        return reply
+    if "arrays" in reply.content and "metrics" in reply.content:
+        writer(rnd, msg.content["arrays"], reply)
+    else:  # SecAgg+: masked shares on the wire, nothing an inversion could use
+        pid = int(context.node_config["partition-id"])
+        writer.record(rnd, pid, "masked", {}, {}, note="masked SecAgg+ shares only")
+    return reply
+
+
+def client_observer(partition_id: int):
+    """The mod for an honest-but-curious client on `partition_id`."""
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        if _is_train(msg) and int(context.node_config["partition-id"]) == partition_id:
+            cfg = config_from_runtime(context.run_config)
+            _record_view(cfg, run_dir_from_runtime(cfg), _round_of(msg),
+                         msg.content["arrays"].to_torch_state_dict())
+        return call_next(msg, context)
+
+    return mod
+
+
+def _record_view(cfg: ExperimentConfig, run_dir: Path, rnd: int, weights: dict) -> None:
+    """Keep the global model received in round `rnd`; with the previous one, write the
+    client observer's capture of round `rnd - 1`."""
+    view = round_dir(run_dir, rnd) / "client_view_global.pt"
+    view.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, view)
+    prev_path = round_dir(run_dir, rnd - 1) / "client_view_global.pt"
+    rounds = cfg.capture.rounds
+    if not prev_path.is_file() or (rounds != "all" and rnd - 1 not in rounds):
+        return
+    before = torch.load(prev_path, weights_only=True)
+    fed = cfg.federation
+    per_round = fed.clients_per_round or fed.num_clients
+    if fed.algorithm == "fedsgd":  # the server took one step of lr along the mean gradient
+        kind = "gradient"
+        update = {k: (before[k] - weights[k]) / fed.lr for k in weights
+                  if weights[k].is_floating_point()}
+        examples = per_round * fed.batch_size
+    else:
+        kind, update = "weights", weights
+        examples = per_round * fed.batch_size * (fed.local_steps or 1)
+    cap = Capture(round=rnd - 1, partition_id=AGGREGATE, observer="client", kind=kind,
+                  weights_before=before, update=update,
+                  meta={**declared_facts(cfg), "partitions": list(range(fed.num_clients)),
+                        "observed_by": partition_id_note(cfg),
+                        "client_metrics": {"num-examples": examples}})
+    save_capture(run_dir, cap)
+
+
+def partition_id_note(cfg: ExperimentConfig) -> str:
+    return f"honest-but-curious client on partition {cfg.attack.observer_client}"
+
+
+def observer_mods(cfg: ExperimentConfig) -> list:
+    """The mods for the configured observers, outermost first (the eavesdropper sees what
+    leaves the client after every other mod)."""
+    mods = []
+    if "eavesdropper" in cfg.attack.observers:
+        mods.append(eavesdropper_mod)
+    if "client" in cfg.attack.observers:
+        mods.append(client_observer(cfg.attack.observer_client))
+    return mods
