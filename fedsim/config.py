@@ -136,7 +136,7 @@ class AttackConfig(_Section):
     clients: Union[Literal["all"], list[int]] = Field(
         default_factory=lambda: [0], description='attacked clients: a list or "all"')
     when: Literal["during", "after"] = Field(
-        default="after", description="attack while training goes on (Ray tasks beside the "
+        default="during", description="attack while training goes on (Ray tasks beside the "
         "rounds) or after the last round")
     iterations: int = Field(default=10_000, ge=1)
     lr: float = Field(default=0.1, gt=0)
@@ -185,6 +185,8 @@ class SimulationConfig(_Section):
     ray_address: Optional[str] = Field(default=None, description="attach to a running Ray cluster")
     cpus_per_client: float = Field(default=1.0, gt=0)
     gpus_per_client: float = Field(default=0.0, ge=0)
+    cpus_per_attack: float = Field(default=1.0, gt=0, description="Ray CPUs per attack task")
+    gpus_per_attack: float = Field(default=0.0, ge=0, description="Ray GPUs per attack task")
 
 
 class ExperimentConfig(_Section):

@@ -41,8 +41,8 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-@app.main()
 def main(grid: Grid, context: Context) -> None:
+    """The server's whole run; `app` serves it, and an orchestrator may wrap it."""
     cfg = config_from_runtime(context.run_config)
     run_dir = run_dir_from_runtime(cfg)
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls replies every 0.1 s:
@@ -88,3 +88,6 @@ def main(grid: Grid, context: Context) -> None:
     except RoundFailed as err:
         recorder.fail(str(err))
         raise
+
+
+app.main()(main)

@@ -67,7 +67,7 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     return record_attack(cfg, exp, cap, name, knowledge, result, Path(run_dir))
 
 
-def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None):
+def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = False):
     """(observer, round, client, capture path) of every scheduled attack whose capture
     exists, for every configured observer. Under secure aggregation the server and the
     eavesdropper have no individual update: the server's aggregate is attacked instead, and
@@ -80,22 +80,25 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None):
             folder = round_dir(run_dir, rnd)
             if observer == "client":
                 path = folder / f"{capture_stem('client', AGGREGATE)}.pt"
-                if path.is_file():
+                if path.is_file() and path.with_suffix(".json").is_file():
                     yield observer, rnd, AGGREGATE, path
-                elif rnd == fed.num_rounds:
+                elif rnd == fed.num_rounds and not quiet:
                     log.info("round %d: a client never receives the last global model; "
                              "the client observer has nothing to attack", rnd)
                 continue
             aggregate = folder / f"{capture_stem(observer, AGGREGATE)}.pt"
             if aggregate.is_file():  # secure aggregation: no individual update exists
-                log.info("round %d: the %s holds only the aggregate (secure aggregation)",
-                         rnd, observer)
+                if not quiet:
+                    log.info("round %d: the %s holds only the aggregate (secure "
+                             "aggregation)", rnd, observer)
                 yield observer, rnd, AGGREGATE, aggregate
                 continue
             for client in clients:
                 path = folder / f"{capture_stem(observer, client)}.pt"
-                if path.is_file():
+                if path.is_file() and path.with_suffix(".json").is_file():
                     yield observer, rnd, client, path
+                elif quiet:
+                    continue
                 elif path.with_suffix(".json").is_file():
                     log.info("round %d client %d: the %s saw masked SecAgg+ shares only; "
                              "nothing to invert", rnd, client, observer)
@@ -104,20 +107,22 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None):
                                 observer, rnd, client)
 
 
-def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
-    """The configured attacks on a finished run's captures (rounds x clients).
+def attack_one(cfg: ExperimentConfig, observer: str, rnd: int, client: int, path: Path,
+               run_dir: Path, progress: bool = False) -> dict:
+    """One attack, recorded; one that raises (out of memory, say) is logged and recorded
+    with its error in leakage.jsonl instead, so every other result still lands."""
+    try:
+        return attack_capture(cfg, path, run_dir, progress=progress)
+    except Exception as err:  # noqa: BLE001 - keep every other result
+        log.error("attack %s by the %s on round %d client %d failed: %r", cfg.attack.name,
+                  observer, rnd, client, err)
+        row = {"round": rnd, "partition_id": client, "observer": observer,
+               "attack": cfg.attack.name, "error": repr(err)}
+        append_row(Path(run_dir) / "leakage.jsonl", row)
+        return row
 
-    An attack that raises (out of memory, say) is logged and recorded with its error in
-    leakage.jsonl, and the others still run."""
-    results = []
-    for observer, rnd, client, path in targets(cfg, run_dir):
-        try:
-            results.append(attack_capture(cfg, path, run_dir, progress=progress))
-        except Exception as err:  # noqa: BLE001 - keep every other result
-            log.error("attack %s by the %s on round %d client %d failed: %r", cfg.attack.name,
-                      observer, rnd, client, err)
-            row = {"round": rnd, "partition_id": client, "observer": observer,
-                   "attack": cfg.attack.name, "error": repr(err)}
-            append_row(Path(run_dir) / "leakage.jsonl", row)
-            results.append(row)
-    return results
+
+def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
+    """The configured attacks on a finished run's captures, one after another."""
+    return [attack_one(cfg, *target, run_dir, progress=progress)
+            for target in targets(cfg, run_dir)]

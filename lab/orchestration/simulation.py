@@ -20,6 +20,8 @@ from fedsim.runtime import ENV_CONFIG, ENV_RUN_DIR, FLOWER_ENV, RunFailed, new_r
 
 log = logging.getLogger("fedsim")
 
+ATTACK_RESOURCE = "fedsim_attack"  # Ray resource that attack tasks hold while they run
+
 
 @dataclass
 class RunResult:
@@ -103,7 +105,8 @@ def _stop_on_signals(run_dir: Path) -> dict:
     return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
 
-def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None) -> None:
+def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None,
+               attacks_during: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -115,11 +118,17 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
         ray.init(address=ray_address, **kwargs)
     else:
         tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-        ray.init(num_cpus=max(os.cpu_count() or 1, 1), _temp_dir=tmp, **kwargs)
+        # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource of
+        # their own (lab/orchestration/during.py)
+        extra = {"resources": {ATTACK_RESOURCE: 1}} if attacks_during else {}
+        ray.init(num_cpus=max(os.cpu_count() or 1, 1), _temp_dir=tmp, **kwargs, **extra)
 
 
 def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
-                   ray_address: str | None = None, overwrite: bool = False) -> RunResult:
+                   ray_address: str | None = None, overwrite: bool = False,
+                   attacks_during: bool = False) -> RunResult:
+    """The federated run on Flower's simulation engine; with `attacks_during`, the
+    configured attacks run as Ray tasks beside the rounds (lab/orchestration/during.py)."""
     import ray
     from flwr.simulation import run_simulation as flwr_run_simulation
 
@@ -136,12 +145,19 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     os.environ.update(env)  # Ray workers inherit it; restored when the run ends
     handler = _attach_log(run_dir)
     address = ray_address or cfg.simulation.ray_address
-    crashed, replaced = None, {}
+    crashed, replaced, during, attacks = None, {}, None, []
     try:
-        _start_ray(cfg, env, address)
+        _start_ray(cfg, env, address, attacks_during)
         replaced = _stop_on_signals(run_dir)  # after Ray, which sets its own handlers
+        app = server_app
+        if attacks_during:
+            from lab.orchestration.during import AttacksDuringTraining, server_app_then
+
+            during = AttacksDuringTraining(cfg, run_dir)
+            during.start()
+            app = server_app_then(during.finish)
         flwr_run_simulation(
-            server_app=server_app,
+            server_app=app,
             client_app=make_client_app(cfg, observer_mods(cfg)),
             num_supernodes=cfg.federation.num_clients,
             backend_config={"client_resources": {
@@ -155,6 +171,8 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     finally:
         import signal
 
+        if during is not None:
+            attacks = during.records  # what finished; the rest is in leakage.jsonl or lost
         for sig, old in replaced.items():
             signal.signal(sig, old)
         ray.shutdown()
@@ -177,7 +195,7 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
             + (f" ({type(crashed).__name__}: {crashed})" if crashed is not None else "")
             + f"; see {run_dir / 'run.log'}", run_dir
         )
-    return RunResult(run_dir, rows)
+    return RunResult(run_dir, rows, attacks)
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
@@ -186,14 +204,15 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
     """The main job: the federated run, then the configured attacks on its captures."""
     from lab.tables import build_tables
 
+    during = cfg.attack.enabled and cfg.attack.when == "during"
     try:
         result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address,
-                                overwrite=overwrite)
+                                overwrite=overwrite, attacks_during=during)
     except RunFailed as err:
         if err.run_dir is not None:
             build_tables(err.run_dir)  # tables of what finished
         raise
-    if cfg.attack.enabled:
+    if cfg.attack.enabled and not during:
         from lab.orchestration.attacks import attack_run
 
         result.attacks = attack_run(cfg, result.run_dir, progress=progress)
