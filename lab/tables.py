@@ -39,7 +39,9 @@ def rounds_table(run_dir: Path) -> list[dict]:
     attacks = [r for r in read_rows(Path(run_dir) / "leakage.jsonl") if "error" not in r]
     out = []
     for r in read_rows(Path(run_dir) / "metrics.jsonl"):
-        row = {"round": r["round"], **{k: r.get(k) for k in ROUND_FIELDS if k in r}}
+        row = {"round": r["round"], **{k: r.get(k) for k in ROUND_FIELDS if k in r},
+               **{f"client_{pid}_train_accuracy": acc
+                  for pid, acc in r.get("client_train_accuracy", {}).items()}}
         for observer in sorted({a["observer"] for a in attacks}):
             mine = [a for a in attacks if a["round"] == r["round"] and a["observer"] == observer]
             if not mine:

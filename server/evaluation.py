@@ -25,9 +25,12 @@ class RoundRecorder:
         self.t0 = time.time()
 
     def record_train(self, server_round: int, metrics, clients: int,
-                     causes: list[str] | None = None) -> None:
+                     causes: list[str] | None = None,
+                     per_client: dict[int, float] | None = None) -> None:
         causes = causes or []
         row = {"clients": clients, "failures": len(causes)}
+        if per_client:
+            row["client_train_accuracy"] = {str(k): v for k, v in sorted(per_client.items())}
         if metrics is not None:
             row["train_loss"] = float(metrics.get("train-loss", float("nan")))
             row["train_accuracy"] = float(metrics.get("train-accuracy", float("nan")))

@@ -59,7 +59,11 @@ class FedSgdAwareFedAvg(FedAvg):
         arrays, metrics = (super().aggregate_train(server_round, replies) if results
                            else (None, None))
         if self.on_train_metrics is not None:
-            self.on_train_metrics(server_round, metrics, results, causes)
+            per_client = {int(m.content["metrics"]["partition-id"]):
+                          float(m.content["metrics"]["train-accuracy"])
+                          for m in replies if not m.has_error() and "metrics" in m.content
+                          and "train-accuracy" in m.content["metrics"]}
+            self.on_train_metrics(server_round, metrics, results, causes, per_client)
         if results < self.min_results:
             raise RoundFailed(
                 f"round {server_round}: {results} of {len(replies)} clients returned a result "

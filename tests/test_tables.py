@@ -32,6 +32,9 @@ def test_tables_join_leakage_with_accuracy_and_evaluate_rebuilds_them(tmp_path):
         assert float(row["round_global_accuracy"]) == metrics[int(row["round"])]["global_accuracy"]
     summary = list(csv.DictReader(rounds.splitlines()))
     assert [int(r["round"]) for r in summary] == [0, 1, 2]
+    for r in summary[1:]:  # per-client training accuracy beside the mean
+        per_client = [float(r[f"client_{p}_train_accuracy"]) for p in (0, 1)]
+        assert abs(sum(per_client) / 2 - float(r["train_accuracy"])) < 1e-9
     r1 = [float(r["psnr"]) for r in rows if r["round"] == 1]
     assert float(summary[1]["server_psnr_worst"]) == max(r1)
     assert float(summary[1]["server_psnr_mean"]) == sum(r1) / 2
