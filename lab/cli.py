@@ -116,6 +116,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from lab.report import build_report
+    from lab.tables import build_tables
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.toml)")
+    build_tables(run_dir)
+    print(f"report: {build_report(run_dir)}")
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.action == "show":
         print(load(args.file).to_toml(), end="")
@@ -175,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lpips-net", choices=["vgg", "alex"],
                     help="re-score every attack with this LPIPS backbone")
     ev.set_defaults(func=cmd_evaluate)
+
+    rep = sub.add_parser("report", help="write a run folder's HTML and Markdown report")
+    rep.add_argument("run_dir", help="a run folder (RUN_DIR/config.toml)")
+    rep.set_defaults(func=cmd_report)
 
     conf = sub.add_parser("config", help="show the resolved config or check a file")
     conf.add_argument("action", choices=["show", "check"])

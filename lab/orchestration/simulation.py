@@ -217,4 +217,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
 
         result.attacks = attack_run(cfg, result.run_dir, progress=progress)
     build_tables(result.run_dir)
+    from lab.report import build_report
+
+    build_report(result.run_dir)
     return result
