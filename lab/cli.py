@@ -116,13 +116,38 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from lab.report import build_sweep_report
+    from lab.sweep import run_sweep
+
+    try:
+        root, outcomes = run_sweep(Path(args.file), args.output_dir, args.scale, args.parallel,
+                                   args.ray_address)
+    except KeyboardInterrupt:
+        print("sweep interrupted: finished cells are kept; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    report = build_sweep_report(root)
+    failed = [o for o in outcomes if o["exit_status"] not in (0, 3)]
+    print(f"sweep: {len(outcomes)} cells run now; report: {report}")
+    for o in failed:
+        print(f"cell {o['cell']} ({o['label']}) failed with exit status {o['exit_status']}; "
+              f"see its log in {root / 'cells'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_report(args) -> int:
     from lab.report import build_report
     from lab.tables import build_tables
 
     run_dir = Path(args.run_dir)
+    if (run_dir / "cells.json").is_file():  # a sweep folder
+        from lab.report import build_sweep_report
+
+        print(f"report: {build_sweep_report(run_dir)}")
+        return 0
     if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"{run_dir} is not a run folder (no config.toml)")
+        raise ConfigError(f"{run_dir} is not a run folder (no config.toml) nor a sweep folder")
     build_tables(run_dir)
     print(f"report: {build_report(run_dir)}")
     return 0
@@ -187,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lpips-net", choices=["vgg", "alex"],
                     help="re-score every attack with this LPIPS backbone")
     ev.set_defaults(func=cmd_evaluate)
+
+    sw = sub.add_parser("sweep", help="run a grid of experiments (resumes where it stopped)")
+    sw.add_argument("file", help="sweep TOML: an experiment plus [sweep] lists / [[sweep.cells]]")
+    sw.add_argument("--output-dir", help="parent of the sweep folder (default: output_dir)")
+    sw.add_argument("--scale", help="apply the file's [scales.NAME] fields (e.g. paper)")
+    sw.add_argument("--parallel", type=int, default=1, help="cells running at once")
+    sw.add_argument("--ray-address", help="run every cell's clients and attacks on this cluster")
+    sw.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="write a run folder's HTML and Markdown report")
     rep.add_argument("run_dir", help="a run folder (RUN_DIR/config.toml)")

@@ -209,3 +209,73 @@ def read_json(path: Path) -> dict:
     import json
 
     return json.loads(Path(path).read_text())
+
+
+SWEEP_COLUMNS = [("label", "setting"), ("lpips", "LPIPS"), ("psnr", "PSNR dB"),
+                 ("psnr_worst", "worst PSNR dB"), ("ssim", "SSIM"),
+                 ("label_accuracy", "label acc."), ("global_accuracy", "global acc."),
+                 ("dp_epsilon", "DP epsilon"), ("attacks", "attacks"), ("status", "status")]
+
+
+def sweep_rows(root: Path) -> list[dict]:
+    """One row per cell: mean leakage over its attacks (and the worst PSNR), its final
+    global accuracy and DP epsilon, as in the paper's tables."""
+    import json
+
+    rows = []
+    for cell in json.loads((Path(root) / "cells.json").read_text()):
+        folder = Path(root) / cell["folder"]
+        row = {"cell": cell["cell"], "label": cell["label"], "folder": cell["folder"]}
+        if not (folder / "done.json").is_file():
+            rows.append({**row, "status": "not finished"})
+            continue
+        attacks = [r for r in read_rows(folder / "leakage.jsonl") if r.get("psnr") is not None]
+        metrics = [r for r in read_rows(folder / "metrics.jsonl") if "global_accuracy" in r]
+        row["status"] = "finished"
+        row["attacks"] = len(attacks)
+        for key in ("psnr", "ssim", "lpips", "label_accuracy"):
+            values = [a[key] for a in attacks if a.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        row["psnr_worst"] = max((a["psnr"] for a in attacks), default=None)
+        row["global_accuracy"] = metrics[-1]["global_accuracy"] if metrics else None
+        eps = [r["dp_epsilon"] for r in read_rows(folder / "metrics.jsonl") if "dp_epsilon" in r]
+        row["dp_epsilon"] = eps[-1] if eps else None
+        rows.append(row)
+    return rows
+
+
+def tradeoff_figure(rows: list[dict]):
+    """Leakage against accuracy, one point per cell (the paper's trade-off figure)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [r for r in rows if r.get("psnr") is not None and r.get("global_accuracy") is not None]
+    for r in points:
+        ax.scatter(r["global_accuracy"], r["psnr"], s=30)
+        ax.annotate(r["label"], (r["global_accuracy"], r["psnr"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("global test accuracy after training (higher is better)")
+    ax.set_ylabel("mean PSNR of reconstructions, dB (higher leaks more)")
+    ax.set_title(f"leakage against accuracy, {len(points)} settings", fontsize=10)
+    return fig, len(points)
+
+
+def build_sweep_report(root: Path) -> Path:
+    """ROOT/report.html and report.md comparing the cells, and ROOT/sweep.csv."""
+    from fedsim.records import write_csv
+
+    root = Path(root)
+    rows = sweep_rows(root)
+    write_csv(root / "sweep.csv", rows)
+    fig, n_points = tradeoff_figure(rows)
+    uri = png_data_uri(fig)
+    h, m = _table(rows, SWEEP_COLUMNS)
+    links = "".join(f"<li><a href='{r['folder']}/report.html'>{html.escape(r['label'])}</a></li>"
+                    for r in rows if r.get("status") == "finished")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>fedsim sweep</title>"
+            f"<style>{STYLE}</style></head><body><h1>fedsim sweep: {html.escape(root.name)}</h1>"
+            f"<h2>Leakage against accuracy</h2><figure><img alt='trade-off' "
+            f"data-points='{n_points}' src='{uri}'></figure><h2>Settings</h2>{h}"
+            f"<h2>Cell reports</h2><ul>{links}</ul></body></html>")
+    (root / "report.html").write_text(page)
+    (root / "report.md").write_text("\n".join([f"# fedsim sweep: {root.name}", "",
+                                               "## Settings", "", m, ""]))
+    return root / "report.html"
