@@ -121,3 +121,17 @@ def test_checks_that_need_the_data_agree_between_check_and_run(tmp_path, capsys)
         path.write_text(cfg.to_toml())
         assert main(["config", "check", str(path)]) == 2
         assert needle in capsys.readouterr().err
+
+
+def test_every_shipped_sweep_file_is_valid():
+    """Each cell of each sweep under experiments/sweeps validates (CPU scale)."""
+    from pathlib import Path
+
+    from lab.sweep import load_sweep
+
+    files = sorted((Path(__file__).resolve().parents[1] / "experiments" / "sweeps").glob("*.toml"))
+    assert {f.stem for f in files} >= {"paper_assumptions", "paper_defenses", "batch_size",
+                                       "training_stage"}
+    for path in files:
+        name, cells = load_sweep(path)
+        assert cells and name
