@@ -8,7 +8,8 @@ scale (`--scale paper`: ResNet-18 on CIFAR-10, 10,000 iterations).
 
 Every cell is validated before any starts (a bad one is named). Each cell is one
 `fedsim run` in its own folder under OUTPUT_DIR/NAME/cells/; a finished cell leaves
-`done.json`, so a sweep started again skips finished cells and redoes an unfinished one.
+`done.json` with a fingerprint of its config, so a sweep started again skips the cells
+finished with the same config and redoes the others.
 Cells run as separate processes, `--parallel` at a time; with `--ray-address` each cell's
 clients and attacks run on that Ray cluster. The combined report compares the cells.
 """
@@ -35,6 +36,17 @@ class Cell:
     index: int
     label: str
     cfg: ExperimentConfig
+
+    @property
+    def fingerprint(self) -> str:
+        """Of the cell's resolved config: a finished cell counts only for the same config."""
+        import hashlib
+
+        return hashlib.sha256(self.cfg.to_toml().encode()).hexdigest()[:16]
+
+    def finished_in(self, folder: Path) -> bool:
+        done = folder / "done.json"
+        return done.is_file() and json.loads(done.read_text()).get("config") == self.fingerprint
 
     @property
     def folder_name(self) -> str:
@@ -124,7 +136,8 @@ def _run_cell(cell: Cell, folder: Path, ray_address: Optional[str]) -> dict:
            "--overwrite"] + (["--ray-address", ray_address] if ray_address else [])
     with open(folder.parent / f"{folder.name}.log", "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    outcome = {"cell": cell.index, "label": cell.label, "exit_status": code}
+    outcome = {"cell": cell.index, "label": cell.label, "exit_status": code,
+               "config": cell.fingerprint}
     if code in (0, 3):  # finished (3: some clients failed, counted in the cell's tables)
         (folder / "done.json").write_text(json.dumps(outcome))
     return outcome
@@ -141,7 +154,7 @@ def run_sweep(path: Path, output_dir: Optional[str] = None, scale: Optional[str]
     root = Path(output_dir or cells[0].cfg.output_dir) / name
     (root / "cells").mkdir(parents=True, exist_ok=True)
     (root / "sweep.toml").write_text(Path(path).read_text())
-    pending = [c for c in cells if not (root / "cells" / c.folder_name / "done.json").is_file()]
+    pending = [c for c in cells if not c.finished_in(root / "cells" / c.folder_name)]
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {name}",
                unit="cell", disable=not progress)
     outcomes = []
