@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import tempfile
 
-import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
