@@ -35,18 +35,18 @@ class UpdateSimulator:
         p = self.problem
         if p.local_steps == 0:
             return grad(self._loss, has_aux=True)(self.params, x, y)
-        # FedAvg replay: SGD steps over fixed sequential batches of the dummy data, of the
-        # recorded sizes, wrapping around at the end of each pass
+        # FedAvg replay: the client's optimiser over fixed sequential batches of the dummy
+        # data, of the recorded sizes, wrapping around at the end of each pass
         params, n = self.params, x.shape[0]
         sizes = p.local_batch_sizes or [n] * p.local_steps
-        features, start = None, 0
+        features, start, buf = None, 0, None
         for size in sizes:
             idx = [(start + k) % n for k in range(size)]
             start = (start + size) % n
             sl = slice(idx[0], idx[0] + size) if idx == list(range(idx[0], idx[0] + size)) else idx
             g, feats = grad(self._loss, has_aux=True)(params, x[sl], y[sl])
             features = feats if features is None else features
-            params = {n: params[n] - p.local_lr * g[n] for n in params}
+            params, buf = p.local_optimizer.step(params, g, p.local_lr, buf)
         return {n: params[n] - self.params[n] for n in params}, features
 
 

@@ -9,6 +9,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from attacker.local_optimizer import LocalOptimizer
+
 
 @dataclass
 class InversionProblem:
@@ -24,6 +26,7 @@ class InversionProblem:
                                             # change of n local SGD steps (FedAvg replay)
     local_lr: float = 0.0
     local_batch_sizes: Optional[list[int]] = None  # of each local step; None: the whole batch
+    local_optimizer: LocalOptimizer = field(default_factory=LocalOptimizer)  # momentum, decay
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
     input_mean: Optional[tuple[float, ...]] = None  # the model's input normalisation: the
     input_std: Optional[tuple[float, ...]] = None   # images are optimised as (x - mean) / std

@@ -31,8 +31,14 @@ def model_from_capture(cap: Capture) -> nn.Module:
     return model
 
 
-def observe(cap: Capture, device: torch.device | str = "cpu") -> Observation:
-    model = model_from_capture(cap).to(device).train()
+def observe(cap: Capture, device: torch.device | str = "cpu",
+            model: nn.Module | None = None) -> Observation:
+    """What the attacker works from; `model` is your own (`attacker.user_model`), already
+    holding the weights before the round, or None for fedsim's models."""
+    if model is None and cap.meta.get("app") == "foreign":
+        raise ValueError(f"this capture is of a foreign app (model {cap.meta.get('model')!r}): "
+                         "give the model, e.g. fedsim attack CAPTURE --model module:factory")
+    model = (model if model is not None else model_from_capture(cap)).to(device).train()
     names = [n for n, _ in model.named_parameters()]
     if cap.kind == "gradient":
         update = {n: cap.update[n].to(device) for n in names}

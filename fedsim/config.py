@@ -41,12 +41,37 @@ class DataConfig(_Section):
     name: Literal[DATA_NAMES] = "digits"
     root: Optional[str] = Field(
         default=None,
-        description="cifar10 only: the folder holding cifar-10-batches-py (or that folder itself)",
+        description="cifar10: the folder holding cifar-10-batches-py (or that folder itself); "
+                    "folder: the image tree (root/<class>/<image>, or root/train and root/test)",
     )
+    image_shape: Optional[list[int]] = Field(
+        default=None, description="folder only: [channels (1 or 3), height, width] the images are "
+                                  "resized to (default [3, 32, 32])")
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(default=0.5, gt=0, description="Dirichlet concentration (label skew)")
     test_fraction: float = Field(default=0.2, gt=0, lt=1, description="digits: share held out")
     max_train: Optional[int] = Field(default=None, ge=1, description="cap on train examples")
+
+    @model_validator(mode="after")
+    def _shape_only_for_folder(self) -> "DataConfig":
+        if self.image_shape is not None and self.name != "folder":
+            raise ValueError(f"data.image_shape applies to data.name 'folder' only ({self.name!r} "
+                             "has a fixed shape)")
+        shape = self.image_shape
+        if shape is not None and (len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) < 1):
+            raise ValueError(f"data.image_shape {shape} must be [channels, height, width] with "
+                             "channels 1 or 3 and height, width at least 1")
+        if self.name == "folder" and not self.root:
+            raise ValueError("data.root is required for data.name 'folder' (one sub-folder of "
+                             "images per class)")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of this set's images, known before loading it."""
+        from fedsim.data.datasets import image_shape_of
+
+        return image_shape_of(self.name, self.image_shape)
 
 
 class ModelConfig(_Section):
@@ -140,7 +165,7 @@ class AttackConfig(_Section):
         "rounds) or after the last round")
     iterations: int = Field(default=10_000, ge=1)
     lr: float = Field(default=0.1, gt=0)
-    tv_weight: float = Field(default=1e-4, ge=0)
+    tv_weight: float = Field(default=0.1, ge=0)
     bn_weight: float = Field(default=1e-2, ge=0)
     restarts: int = Field(default=1, ge=1)
     init: Literal["randn", "rand", "zeros"] = "randn"
@@ -207,10 +232,9 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":
-        from fedsim.data.datasets import IMAGE_SHAPES
         from fedsim.models.resnet import MIN_SIDE
 
-        side = min(IMAGE_SHAPES[self.data.name][1:])
+        side = min(self.data.shape[1:])
         if self.model.name == "resnet18" and side < MIN_SIDE:
             raise ValueError(f"model.name 'resnet18' needs images of at least {MIN_SIDE}x{MIN_SIDE}; "
                              f"data.name {self.data.name!r} has {side}x{side} (use lenet or convnet)")

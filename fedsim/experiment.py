@@ -87,7 +87,7 @@ def _cached(cfg_json: str) -> Experiment:
     cfg = from_dict(json.loads(cfg_json))
     d = cfg.data
     ds = load_dataset(d.name, seed=cfg.seed, root=d.root, test_fraction=d.test_fraction,
-                      max_train=d.max_train)
+                      max_train=d.max_train, image_shape=d.image_shape)
     parts = partition_indices(ds.y_train.numpy(), cfg.federation.num_clients, d.partition,
                               d.alpha, cfg.seed)
     return Experiment(cfg, ds, parts)

@@ -52,13 +52,23 @@ def cmd_run(args) -> int:
         print(f"attack {rec['attack']} round {rec['round']} client {rec['partition_id']}: "
                   f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  "
                   f"label accuracy {rec['label_accuracy']:.2f}  -> {result.run_dir / rec['grid']}")
+    return exit_status(result)
+
+
+def exit_status(result) -> int:
+    """0 all finished; 3 clients failed; 4 attacks raised (each counted in one line)."""
     failures = result.client_failures
     if failures:
         print(f"client failures: {sum(failures.values())} in rounds "
               f"{', '.join(map(str, failures))} (causes in metrics.jsonl and run.log)",
               file=sys.stderr)
-        return 3
-    return 0
+    failed_attacks = [rec for rec in result.attacks if "error" in rec]
+    if failed_attacks:
+        print(f"attack failures: {len(failed_attacks)} of {len(result.attacks)} (rounds "
+              f"{', '.join(sorted({str(r['round']) for r in failed_attacks}))}; errors in "
+              "leakage.jsonl and run.log)", file=sys.stderr)
+        return 4
+    return 3 if failures else 0
 
 
 def cmd_attack(args) -> int:
@@ -71,11 +81,13 @@ def cmd_attack(args) -> int:
         raise ConfigError(f"no capture at {capture}: expected RUN_DIR/captures/round_RRR/"
                           "server_client_PPP.pt (or server_aggregate.pt)")
     run_dir = capture.parent.parent.parent
+    header = read_header(capture)
+    if args.model or header["meta"].get("app") == "foreign":
+        return _attack_foreign(args, capture, header, run_dir)
     cfg = load(args.config or run_dir / "config.toml")
     overrides = {"name": args.attack, "iterations": args.iterations, "restarts": args.restarts,
                  "lr": args.lr, "tv_weight": args.tv_weight, "bn_weight": args.bn_weight,
                  "compile": args.compile}
-    header = read_header(capture)
     attack = {**cfg.attack.model_dump(), **{k: v for k, v in overrides.items() if v is not None},
               "enabled": True,  # so the attack's own config checks apply before any work
               "rounds": [header["round"]], "clients": [max(header["partition_id"], 0)]}
@@ -95,6 +107,50 @@ def cmd_attack(args) -> int:
           f"label accuracy {rec['label_accuracy']:.2f}")
     print(f"grid: {Path(args.out or run_dir) / rec['grid']}")
     return 0
+
+
+def _attack_foreign(args, capture: Path, header: dict, run_dir: Path) -> int:
+    """A capture of your own app: your model factory, your originals if given."""
+    from fedsim.config import AttackConfig
+    from lab.foreign import ForeignSettings, attack_foreign
+    from lab.orchestration.attacks import budget_of
+
+    spec = args.model or header["meta"].get("facts", {}).get("model")
+    if not spec:
+        raise ConfigError(f"{capture} is a capture of a foreign app: give its model, "
+                          "--model module:factory (a function returning your torch.nn.Module)")
+    if (args.mean is None) != (args.std is None):
+        raise ConfigError("--mean and --std go together (your pipeline's Normalize)")
+    overrides = {"iterations": args.iterations, "restarts": args.restarts, "lr": args.lr,
+                 "tv_weight": args.tv_weight, "bn_weight": args.bn_weight,
+                 "compile": args.compile}
+    attack_cfg = _validated(AttackConfig, {k: v for k, v in overrides.items() if v is not None})
+    settings = ForeignSettings(
+        model=spec, attack=args.attack, originals=args.originals, labels=args.labels,
+        bn_stats=args.bn_stats or "none", batch_size=args.batch_size or "known",
+        mean=args.mean, std=args.std, pixel_range=args.pixel_range,
+        device=args.device or "auto", budget=budget_of(attack_cfg))
+    rec = attack_foreign(capture, settings, args.out or run_dir)
+    if "unscored" in rec:
+        print(rec["unscored"])
+    else:
+        print(f"PSNR {rec['psnr']:.2f} dB  SSIM {rec['ssim']:.3f}  RMSE {rec['rmse']:.3f}  "
+              f"LPIPS {rec['lpips'] if rec['lpips'] is not None else 'unavailable'}"
+              + (f"  label accuracy {rec['label_accuracy']:.2f}" if "label_accuracy" in rec
+                 else ""))
+    print(f"grid: {Path(args.out or run_dir) / rec['grid']}")
+    return 0
+
+
+def _validated(model, data: dict):
+    """A config section from CLI options, its errors as one ConfigError line."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
 def cmd_evaluate(args) -> int:
@@ -203,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--compile", choices=["auto", "eager", "graph", "inductor", "cudagraph"],
                      help="how attack steps run (README, The attack engine)")
     att.add_argument("--out", type=Path, help="write results here instead of the run folder")
+    att.add_argument("--model", help="your own model: module:factory (or file.py:factory) "
+                     "returning the torch.nn.Module your app trains")
+    att.add_argument("--originals", type=Path, help="your private batch, to score against: a "
+                     "tensor file (images, or {images, labels}) or a folder of images")
+    att.add_argument("--mean", type=float, nargs="+", help="your pipeline's Normalize mean "
+                     "(default: the capture's declared facts)")
+    att.add_argument("--std", type=float, nargs="+", help="your pipeline's Normalize std")
+    att.add_argument("--pixel-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="range of the images before normalisation (default: declared)")
     att.set_defaults(func=cmd_attack)
 
     ev = sub.add_parser("evaluate", help="rebuild a run folder's leakage and round tables")
@@ -274,13 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "action", None) == "check" and not args.file:
         print("fedsim config check needs a FILE", file=sys.stderr)
         return 2
+    from attacker.user_model import UserModelError
+    from fedsim.app_facts import FactsError
     from fedsim.capture import CaptureError
     from fedsim.data.datasets import DataFormatError, DataNotFoundError
     from fedsim.runtime import RunFailed
+    from lab.foreign import OriginalsError
 
     try:
         return args.func(args)
-    except (ConfigError, DataNotFoundError, DataFormatError, CaptureError) as err:
+    except (ConfigError, DataNotFoundError, DataFormatError, CaptureError, UserModelError,
+            OriginalsError, FactsError) as err:
         print(err, file=sys.stderr)
         return 2
     except RunFailed as err:

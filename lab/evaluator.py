@@ -70,11 +70,19 @@ def score(exp: Experiment, cap: Capture, images: torch.Tensor, labels: torch.Ten
           match_on: str, lpips_net: str) -> tuple[dict, str, Optional[str]]:
     """(scores against the private originals, metric that paired them, LPIPS note)."""
     originals, true_labels = private_batch(exp, cap)
+    return score_images(originals, true_labels, images, labels, match_on, lpips_net)
+
+
+def score_images(originals: torch.Tensor, true_labels: Optional[torch.Tensor],
+                 images: torch.Tensor, labels: Optional[torch.Tensor], match_on: str,
+                 lpips_net: str) -> tuple[dict, str, Optional[str]]:
+    """Best-match pairing and every metric, for any originals (yours included)."""
     lpips_fn, lpips_note = _lpips(lpips_net)
     matched_on = match_on if (match_on != "lpips" or lpips_fn) else "psnr"
     scores = score_reconstruction(originals, images, true_labels, labels,
                                   match_on=matched_on, lpips_fn=lpips_fn)
-    scores["true_labels"] = true_labels.tolist()
+    if true_labels is not None:
+        scores["true_labels"] = true_labels.tolist()
     return scores, matched_on, lpips_note
 
 

@@ -23,6 +23,7 @@ from flwr.app import Context, Message
 from fedsim.capture import AGGREGATE, Capture, round_dir, save_capture
 from fedsim.config import ExperimentConfig
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
+from fedsim.reply_capture import eavesdropper, wire_round
 from server.capture import ServerCapture, declared_facts
 
 log = logging.getLogger("fedsim")
@@ -36,30 +37,16 @@ def _is_train(msg: Message) -> bool:
     return "config" in msg.content and "server-round" in msg.content["config"]
 
 
-def _wire_round(msg: Message):
-    """The round of a training message: its config says it (Message API), or its group id
-    (Flower's legacy workflows, SecAgg+ stages included); None for other messages."""
-    if _is_train(msg):
-        return _round_of(msg)
-    if msg.metadata.message_type == "train" and str(msg.metadata.group_id).isdigit():
-        return int(msg.metadata.group_id)
-    return None
-
-
 def eavesdropper_mod(msg: Message, context: Context, call_next) -> Message:
-    reply = call_next(msg, context)
-    rnd = _wire_round(msg)
-    if reply.has_error() or rnd is None:
-        return reply
+    """The experiment's eavesdropper: `fedsim.reply_capture.eavesdropper` with the
+    experiment's facts, plus a note for the masked SecAgg+ shares it cannot invert."""
     cfg = config_from_runtime(context.run_config)
-    run_dir = run_dir_from_runtime(cfg)
-    writer = ServerCapture(cfg, run_dir, observer="eavesdropper")
-    if not writer.wants(rnd):
-        return reply
-    if "arrays" in reply.content and "metrics" in reply.content:
-        writer(rnd, msg.content["arrays"], reply)
-    else:  # SecAgg+: masked shares on the wire, nothing an inversion could use
-        pid = int(context.node_config["partition-id"])
+    writer = ServerCapture(cfg, run_dir_from_runtime(cfg), observer="eavesdropper")
+    reply = eavesdropper(writer.run_dir, writer.facts, writer=writer)(msg, context, call_next)
+    rnd = wire_round(msg)
+    if (not reply.has_error() and rnd is not None and writer.wants(rnd)
+            and not ("arrays" in reply.content and "metrics" in reply.content)):
+        pid = int(context.node_config["partition-id"])  # SecAgg+: masked shares on the wire
         writer.record(rnd, pid, "masked", {}, {}, note="masked SecAgg+ shares only")
     return reply
 

@@ -74,9 +74,14 @@ def _set(data: dict, dotted: str, value: Any) -> None:
 def _label(picked: dict, point: dict) -> str:
     """The hand-picked cell's label (or its fields), then the grid point's fields."""
     parts = [str(picked["label"])] if "label" in picked else [
-        f"{k}={_short(v)}" for k, v in picked.items()]
-    parts += [f"{k}={_short(v)}" for k, v in point.items()]
+        f"{_field(k)}={_short(v)}" for k, v in picked.items()]
+    parts += [f"{_field(k)}={_short(v)}" for k, v in point.items()]
     return ", ".join(parts) or "base"
+
+
+def _field(dotted: str) -> str:
+    """A field's last name ("federation.batch_size" -> "batch_size"), as tables show it."""
+    return dotted.rsplit(".", 1)[-1]
 
 
 def _short(value: Any) -> str:

@@ -1,13 +1,12 @@
-"""The honest-but-curious server's capture: each reply of the configured rounds, to disk."""
+"""The honest-but-curious server's capture of a fedsim experiment: each reply of the
+configured rounds, to disk, with the facts the experiment declares."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Message
-
-from fedsim.capture import Capture, save_capture
 from fedsim.config import ExperimentConfig
+from fedsim.reply_capture import ReplyCapture
 
 
 def declared_facts(cfg: ExperimentConfig) -> dict:
@@ -26,47 +25,21 @@ def declared_facts(cfg: ExperimentConfig) -> dict:
     }
 
 
-def _plain(value):
-    """A ConfigRecord value as JSON-friendly Python."""
-    return list(value) if isinstance(value, (list, tuple)) else value
-
-
-class ServerCapture:
-    """Callable handed to the strategy: writes one capture per client reply. The same
-    writer serves any observer that sees a reply as it crossed the wire (`observer`)."""
+class ServerCapture(ReplyCapture):
+    """The experiment's server (or another wire observer, `observer`): its facts and
+    captured rounds come from the config."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, observer: str = "server"):
-        self.cfg, self.run_dir, self.observer = cfg, Path(run_dir), observer
-        self.rounds = cfg.capture.rounds
-        self.facts = declared_facts(cfg)
-        self.saved: list[Path] = []
+        super().__init__(run_dir, declared_facts(cfg), observer=observer,
+                         rounds=cfg.capture.rounds)
+        self.cfg = cfg
 
-    def wants(self, server_round: int) -> bool:
-        return self.rounds == "all" or server_round in self.rounds
 
-    def record(self, server_round: int, partition_id: int, kind: str, weights_before: dict,
-               update: dict, **meta) -> None:
-        """Write one capture (if this round is captured), with the round's declared facts."""
-        if not self.wants(server_round):
-            return
-        cap = Capture(round=server_round, partition_id=partition_id, observer=self.observer,
-                      kind=kind, weights_before=weights_before, update=update,
-                      meta={**self.facts, **meta})
-        self.saved.append(save_capture(self.run_dir, cap))
+def capture_strategy(strategy, run_dir: Path, facts, rounds="all"):
+    """Your own Message-API strategy (FedAvg, FedProx, FedAdam, Flower's DP wrappers, ...),
+    observed by an honest-but-curious server: it aggregates exactly as before and writes
+    every training reply, with the weights and train config sent, under
+    RUN_DIR/captures/. `facts` is your app's `fedsim.app_facts.AppFacts`."""
+    from server.strategy import ObservedStrategy
 
-    def __call__(self, server_round: int, weights_before: ArrayRecord, reply: Message) -> None:
-        if not self.wants(server_round):
-            return
-        content = reply.content
-        metrics = dict(content["metrics"])
-        facts = dict(content["update"]) if "update" in content else {}
-        self.record(
-            server_round, int(metrics["partition-id"]), str(facts.get("kind", "weights")),
-            weights_before.to_torch_state_dict(), content["arrays"].to_torch_state_dict(),
-            node_id=int(reply.metadata.src_node_id),
-            client_metrics={k: float(v) for k, v in metrics.items()},
-            batch_sizes=[int(b) for b in facts.get("batch-sizes", [])],
-            distinct_examples=int(facts.get("distinct-examples", 0)),
-            effects={k.removeprefix("effect-").replace("-", "_"): _plain(v)
-                     for k, v in facts.items() if k.startswith("effect-")},
-        )
+    return ObservedStrategy(strategy, on_reply=ReplyCapture(run_dir, facts, rounds=rounds))

@@ -15,7 +15,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-ReplyObserver = Callable[[int, ArrayRecord, Message], None]
+from fedsim.reply_capture import config_of
+
+ReplyObserver = Callable[[int, ArrayRecord, Message, dict], None]
+
 
 
 class RoundFailed(RuntimeError):
@@ -76,22 +79,32 @@ class FedSgdAwareFedAvg(FedAvg):
 
 class ObservedStrategy(Strategy):
     """Delegates everything to `inner`; hands each successful training reply, with the
-    weights sent out that round, to `on_reply` before `inner` sees it."""
+    weights sent out that round and the train config sent to that node, to `on_reply`
+    before `inner` sees it. Aggregation is `inner`'s, untouched."""
 
     def __init__(self, inner: Strategy, on_reply: ReplyObserver):
         super().__init__()
         self.inner, self.on_reply = inner, on_reply
         self._sent: dict[int, ArrayRecord] = {}
+        self._configs: dict[int, dict] = {}
+
+    def __getattr__(self, name):  # the inner strategy's own settings (fraction_train, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def configure_train(self, server_round, arrays, config, grid):
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._sent = {server_round: arrays}
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        self._configs = {int(m.metadata.dst_node_id): config_of(m) for m in messages}
+        return messages
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         for msg in replies:
             if not msg.has_error():
-                self.on_reply(server_round, self._sent[server_round], msg)
+                self.on_reply(server_round, self._sent[server_round], msg,
+                              self._configs.get(int(msg.metadata.src_node_id), {}))
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round, arrays, config, grid):

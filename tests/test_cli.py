@@ -140,3 +140,17 @@ def test_a_capture_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CaptureError, match="not a readable capture tensor file"):
         load_capture(path)
     assert not marker.exists()
+
+
+def test_failed_attacks_set_their_own_exit_status(capsys):
+    from types import SimpleNamespace
+
+    from lab.cli import exit_status
+
+    ok = {"round": 1, "psnr": 12.0}
+    assert exit_status(SimpleNamespace(client_failures={}, attacks=[ok])) == 0
+    assert exit_status(SimpleNamespace(client_failures={2: 1}, attacks=[ok])) == 3
+    failed = SimpleNamespace(client_failures={2: 1},
+                             attacks=[ok, {"round": 3, "error": "MemoryError()"}])
+    assert exit_status(failed) == 4
+    assert "attack failures: 1 of 2 (rounds 3" in capsys.readouterr().err

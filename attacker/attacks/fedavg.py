@@ -13,12 +13,17 @@ import math
 
 from attacker.attacks.base import Attack
 from attacker.adam import invert_adam
+from attacker.local_optimizer import LocalOptimizer
 
 
 def local_schedule(meta: dict, data_size: int) -> tuple[list[int], float]:
     """(batch size of each local step, lr) of the client's local training: the sizes the
     client recorded when the capture has them (a short last batch of an epoch, a batch
     larger than the partition), else derived from the declared hyper-parameters."""
+    for fact in ("lr",) if meta.get("batch_sizes") else ("lr", "batch_size"):
+        if meta.get(fact) is None:
+            raise ValueError(f"the capture does not say the client's {fact}: send it in the "
+                             f"train config or declare it (AppFacts.{fact})")
     if meta.get("batch_sizes"):
         return [int(b) for b in meta["batch_sizes"]], float(meta["lr"])
     bs = min(int(meta["batch_size"]), data_size)
@@ -47,6 +52,7 @@ class FedAvgReplay(Attack):
         prob = super().problem(obs, knowledge)
         sizes, lr = local_schedule(obs.meta, knowledge.batch_size)
         prob.local_steps, prob.local_batch_sizes, prob.local_lr = len(sizes), sizes, lr
+        prob.local_optimizer = LocalOptimizer.from_meta(obs.meta)
         return prob
 
     def solve(self, problem, seed, progress):

@@ -37,10 +37,9 @@ class DPSGD(Defense):
         it (it rejects BatchNorm: per-example gradients do not exist through it)."""
         from opacus.validators import ModuleValidator
 
-        from fedsim.data.datasets import IMAGE_SHAPES
         from fedsim.models import structure_probe
 
-        errors = ModuleValidator.validate(structure_probe(cfg.model, IMAGE_SHAPES[cfg.data.name]))
+        errors = ModuleValidator.validate(structure_probe(cfg.model, cfg.data.shape))
         if errors:
             raise ValueError(f"defenses entry 'dpsgd': Opacus cannot train this model "
                              f"({str(errors[0]).split('. ')[0]}); set model.norm = 'group' "

@@ -26,10 +26,9 @@ class _FlowerDP(Defense):
         if cfg.federation.algorithm != "fedavg":
             raise ValueError(f"defenses entry {self.name!r} needs federation.algorithm = "
                              "'fedavg' (Flower's DP mods clip weight updates)")
-        from fedsim.data.datasets import IMAGE_SHAPES
         from fedsim.models import batchnorm_layers, structure_probe
 
-        probe = structure_probe(cfg.model, IMAGE_SHAPES[cfg.data.name])
+        probe = structure_probe(cfg.model, cfg.data.shape)
         if any(bn.track_running_stats for bn in batchnorm_layers(probe)):
             raise ValueError(f"defenses entry {self.name!r}: noise cannot be added to "
                              "BatchNorm's integer counters; use model.norm 'group' or 'none'")

@@ -46,16 +46,20 @@ class Dataset:
 
 
 def load_dataset(name: str, seed: int = 0, root: Optional[str] = None,
-                 test_fraction: float = 0.2, max_train: Optional[int] = None) -> Dataset:
-    """Load one of the registered sets; cached per process (Ray workers reuse it)."""
+                 test_fraction: float = 0.2, max_train: Optional[int] = None,
+                 image_shape: Optional[tuple[int, int, int]] = None) -> Dataset:
+    """Load one of the registered sets; cached per process (Ray workers reuse it).
+    `image_shape` is the declared (C, H, W) of a folder set (others have their own)."""
     if name not in LOADERS:
         raise ValueError(f"data.name {name!r} is not one of {sorted(LOADERS)}")
-    return _load_cached(name, seed, root, test_fraction, max_train)
+    return _load_cached(name, seed, root, test_fraction, max_train,
+                        tuple(image_shape) if image_shape else None)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(name, seed, root, test_fraction, max_train) -> Dataset:
-    ds = LOADERS[name](seed=seed, root=root, test_fraction=test_fraction)
+def _load_cached(name, seed, root, test_fraction, max_train, image_shape) -> Dataset:
+    ds = LOADERS[name](seed=seed, root=root, test_fraction=test_fraction,
+                       image_shape=image_shape)
     if max_train is not None and max_train < len(ds.y_train):
         keep = torch.from_numpy(np.random.default_rng([seed, 7]).permutation(len(ds.y_train))[:max_train])
         keep = keep.sort().values
@@ -216,5 +220,16 @@ def load_cifar10(root: Optional[str] = None, **_) -> Dataset:
                    torch.from_numpy(y_te), 10, CIFAR_CLASSES)
 
 
-LOADERS = {"digits": load_digits, "natural32": load_natural32, "cifar10": load_cifar10}
+from fedsim.data.folder import load_folder  # noqa: E402 - after the shared types it uses
+
+LOADERS = {"digits": load_digits, "natural32": load_natural32, "cifar10": load_cifar10,
+           "folder": load_folder}
 IMAGE_SHAPES = {"digits": (1, 8, 8), "natural32": (3, 32, 32), "cifar10": (3, 32, 32)}
+DEFAULT_FOLDER_SHAPE = (3, 32, 32)
+
+
+def image_shape_of(name: str, declared: Optional[tuple[int, ...]] = None) -> tuple[int, int, int]:
+    """The (C, H, W) a set's images have: fixed for the shipped sets, declared for a folder."""
+    if name == "folder":
+        return tuple(declared) if declared else DEFAULT_FOLDER_SHAPE  # type: ignore[return-value]
+    return IMAGE_SHAPES[name]

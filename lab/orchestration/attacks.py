@@ -25,7 +25,11 @@ log = logging.getLogger("fedsim")
 
 
 def budget_from(cfg: ExperimentConfig) -> Budget:
-    a = cfg.attack
+    return budget_of(cfg.attack)
+
+
+def budget_of(a) -> Budget:
+    """The optimiser's budget from an `[attack]` section."""
     return Budget(iterations=a.iterations, lr=a.lr, tv_weight=a.tv_weight,
                   bn_weight=a.bn_weight, restarts=a.restarts, init=a.init,
                   batch_restarts=a.batch_restarts, compile=a.compile, distance=a.distance,

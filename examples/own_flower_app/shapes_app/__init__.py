@@ -1,0 +1,1 @@
+"""shapes_app: a Flower app of its own (model, data, training), observed by fedsim."""
