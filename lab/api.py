@@ -7,7 +7,8 @@ Observe your own Flower app (two lines in it):
 
 Or work from a model and a batch directly:
     update = client_update(model, images, labels, lr=0.05, batch_size=8, momentum=0.9)
-    result = invert(model, update, facts, batch_size=len(images), iterations=500)
+    result = invert(model, update, facts, batch_size=len(images), lr=0.05,
+                    local_batch_size=8, iterations=500)
     scores = score(result.images, images, labels, result.labels)
     save_grid("grid.png", images, result.images, scores["pairing"])
 
@@ -19,6 +20,7 @@ inputs gets the declared normalisation in front of it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -74,14 +76,18 @@ def client_update(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 def invert(model: nn.Module, update: dict[str, torch.Tensor], facts: AppFacts, *,
            batch_size: int, kind: str = "weights", lr: Optional[float] = None,
+           local_batch_size: Optional[int] = None,
            labels: Optional[torch.Tensor] = None, attack: Optional[str] = None,
            iterations: int = 1000, device: str = "auto", seed: int = 0,
            **budget) -> InversionResult:
     """Reconstruct the batch behind `update` (from `client_update`, or a capture's), with
-    the model as it was before the round. `labels` known, or None to restore them; `budget`
-    takes `attacker.problem.Budget`'s fields (tv_weight, restarts, ...). The local
-    training is the one `facts` declares (momentum, weight decay, epochs, batch size)."""
-    meta = facts.resolve({"lr": lr} if lr is not None else {}, {"num-examples": batch_size})
+    the model as it was before the round, from `batch_size` examples. `labels` known, or
+    None to restore them; `budget` takes `attacker.problem.Budget`'s fields (tv_weight,
+    restarts, ...). The local training is the one `facts` declares (momentum, weight decay,
+    epochs), with `lr` and `local_batch_size` where the declaration leaves them open."""
+    declared = dataclasses.replace(facts, lr=lr if lr is not None else facts.lr,
+                                   batch_size=local_batch_size or facts.batch_size)
+    meta = declared.resolve({}, {"num-examples": batch_size})
     cap = Capture(round=0, partition_id=0, observer="api", kind=kind,
                   weights_before={k: v.detach().clone() for k, v in model.state_dict().items()},
                   update=update, meta=meta)

@@ -37,7 +37,7 @@ def _file(tmp_path, name, sweep):
 
 
 @pytest.mark.parametrize("sweep, needle", [
-    ('[sweep]\n"federation.bogus" = [1, 2]\n', "sweep cell 0 (federation.bogus=1)"),
+    ('[sweep]\n"federation.bogus" = [1, 2]\n', "sweep cell 0 (bogus=1)"),
     ('[sweep]\n"federation.batch_size" = []\n', "non-empty list"),
     ('[sweep]\n"federation.batch_size" = [1, 5000]\n', "sweep cell 1 (batch_size=5000)"),
     ('[[sweep.cells]]\nlabel = "ok"\n[[sweep.cells]]\nlabel = "bad"\n'

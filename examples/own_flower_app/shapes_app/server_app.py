@@ -27,6 +27,7 @@ def main(grid: Grid, context: Context) -> None:
         loss, acc = test(net, x_test, y_test)
         return MetricRecord({"loss": loss, "accuracy": acc})
 
+    torch.manual_seed(int(run.get("seed", 0)))  # the initial model, reproducibly
     strategy = FedAvg(fraction_evaluate=0.0)
     strategy = capture_strategy(strategy, capture_dir(), FACTS)  # fedsim
     strategy.start(

@@ -1,7 +1,7 @@
 """The app's own model, data and training: nothing here knows fedsim.
 
 Data: 32x32 RGB images of three shapes (disc, square, triangle) in random colours, sizes
-and places over a noisy background, drawn from a seed, so every node makes its own
+and places over a noisy two-colour gradient, drawn from a seed, so every node makes its own
 partition without a download. The pipeline normalises with MEAN/STD; the model sees
 normalised inputs. Training: SGD with momentum 0.9 and weight decay 5e-4 over a shuffled
 loader, its order drawn from (round, partition).
@@ -45,7 +45,12 @@ def draw_shapes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for _ in range(count):
         label = int(rng.integers(len(CLASSES)))
-        background = rng.uniform(0.1, 0.9, 3)[:, None, None] + rng.normal(0, 0.05, (3, 32, 32))
+        # a two-colour gradient in a random direction, with a little noise
+        a, b = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+        angle = rng.uniform(0, 2 * np.pi)
+        t = ((np.cos(angle) * xx + np.sin(angle) * yy) / 32 + 1) / 2
+        background = (a[:, None, None] * (1 - t) + b[:, None, None] * t
+                      + rng.normal(0, 0.05, (3, 32, 32)))
         colour = rng.uniform(0, 1, 3)
         cy, cx, r = rng.uniform(10, 22), rng.uniform(10, 22), rng.uniform(5, 10)
         if label == 0:
