@@ -10,8 +10,10 @@ Every cell is validated before any starts (a bad one is named). Each cell is one
 `fedsim run` in its own folder under OUTPUT_DIR/NAME/cells/; a finished cell leaves
 `done.json` with a fingerprint of its config, so a sweep started again skips the cells
 finished with the same config and redoes the others.
-Cells run as separate processes, `--parallel` at a time; with `--ray-address` each cell's
-clients and attacks run on that Ray cluster. The combined report compares the cells.
+Cells run as separate processes, `--parallel` at a time: on this machine, or with
+`--ray-address` as Ray tasks on that cluster (any node; OUTPUT_DIR on storage every node
+sees), where each cell's clients and attacks run too. The combined report compares the
+cells.
 """
 
 from __future__ import annotations
@@ -133,19 +135,68 @@ def load_sweep(path: Path, scale: Optional[str] = None) -> tuple[str, list[Cell]
     return str(data.get("name", path.stem)), cells
 
 
-def _run_cell(cell: Cell, folder: Path, ray_address: Optional[str]) -> dict:
+def _cell_command(cell: Cell, folder: Path, ray_address: Optional[str]) -> list[str]:
+    """The cell's `fedsim run` (its config written beside its folder)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     spec = folder.parent / f"{folder.name}.toml"
     spec.write_text(cell.cfg.to_toml())
-    cmd = [sys.executable, "-m", "lab.cli", "run", str(spec), "--run-dir", str(folder),
-           "--overwrite"] + (["--ray-address", ray_address] if ray_address else [])
-    with open(folder.parent / f"{folder.name}.log", "w") as log:
+    return [sys.executable, "-m", "lab.cli", "run", str(spec), "--run-dir", str(folder),
+            "--overwrite"] + (["--ray-address", ray_address] if ray_address else [])
+
+
+def _execute(cmd: list[str], log_path: str) -> tuple[int, dict]:
+    """Run one cell's process; (exit status, where it ran: host, and Ray node in a task)."""
+    import socket
+
+    with open(log_path, "w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+    where = {"host": socket.gethostname(), "ray_node": None}
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        where["ray_node"] = sys.modules["ray"].get_runtime_context().get_node_id()
+    return code, where
+
+
+def _finish(cell: Cell, folder: Path, code: int, where: dict) -> dict:
     outcome = {"cell": cell.index, "label": cell.label, "exit_status": code,
-               "config": cell.fingerprint}
+               "config": cell.fingerprint, **where}
     if code in (0, 3):  # finished (3: some clients failed, counted in the cell's tables)
         (folder / "done.json").write_text(json.dumps(outcome))
     return outcome
+
+
+def _run_cell(cell: Cell, folder: Path, ray_address: Optional[str]) -> dict:
+    cmd = _cell_command(cell, folder, ray_address)
+    return _finish(cell, folder, *_execute(cmd, str(folder.parent / f"{folder.name}.log")))
+
+
+def _run_cells_on_ray(cells: list[Cell], root: Path, ray_address: str, parallel: int,
+                      on_done) -> list[dict]:
+    """Every cell as a Ray task on the cluster at `ray_address`, `parallel` at a time. A
+    cell's process may land on any node, so OUTPUT_DIR must be a folder every node sees
+    (shared storage); the cell's own clients and attacks attach to the same cluster. The
+    task reserves no CPU: the cell's clients reserve theirs."""
+    import ray
+
+    ray.init(address=ray_address, ignore_reinit_error=True, log_to_driver=False)
+    task = ray.remote(num_cpus=0, max_retries=0)(_execute)
+    waiting = list(cells)
+    running: dict = {}
+    outcomes = []
+    try:
+        while waiting or running:
+            while waiting and len(running) < max(parallel, 1):
+                cell = waiting.pop(0)
+                folder = root / "cells" / cell.folder_name
+                cmd = _cell_command(cell, folder, ray_address)
+                ref = task.remote(cmd, str(folder.parent / f"{folder.name}.log"))
+                running[ref] = (cell, folder)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            cell, folder = running.pop(ref)
+            outcomes.append(_finish(cell, folder, *ray.get(ref)))
+            on_done()
+    finally:
+        ray.shutdown()
+    return outcomes
 
 
 def run_sweep(path: Path, output_dir: Optional[str] = None, scale: Optional[str] = None,
@@ -163,12 +214,16 @@ def run_sweep(path: Path, output_dir: Optional[str] = None, scale: Optional[str]
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), desc=f"sweep {name}",
                unit="cell", disable=not progress)
     outcomes = []
-    with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
-        futures = [pool.submit(_run_cell, c, root / "cells" / c.folder_name, ray_address)
-                   for c in pending]
-        for future in futures:
-            outcomes.append(future.result())
-            bar.update(1)
+    if ray_address:
+        outcomes = _run_cells_on_ray(pending, root, ray_address, parallel,
+                                     lambda: bar.update(1))
+    else:
+        with ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+            futures = [pool.submit(_run_cell, c, root / "cells" / c.folder_name, None)
+                       for c in pending]
+            for future in futures:
+                outcomes.append(future.result())
+                bar.update(1)
     bar.close()
     (root / "cells.json").write_text(json.dumps(
         [{"cell": c.index, "label": c.label, "folder": f"cells/{c.folder_name}"}

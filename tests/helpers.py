@@ -70,3 +70,24 @@ def wait_for_rows(proc, metrics, rows: int, timeout_s: float = 240) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def stop_processes(cmd_has: str, grace_s: float = 5.0) -> None:
+    """SIGTERM every process whose command line holds `cmd_has` (a test's own temporary
+    folder), then SIGKILL what is left after `grace_s` (Ray's gcs_server ignores SIGTERM)."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + grace_s
+    while True:
+        pids = [pid for pid, _ in processes(cmd_has=cmd_has)]
+        if not pids:
+            return
+        sig = signal.SIGTERM if time.time() < deadline else signal.SIGKILL
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)

@@ -24,7 +24,8 @@ def fedsgd_run(tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("fedsgd"),
                       federation={"num_rounds": 2, "algorithm": "fedsgd", "batch_size": 4},
                       attack={"enabled": True, "name": "inverting_gradients", "rounds": [1],
-                              "clients": [1], "iterations": 150, "restarts": 2})
+                              "clients": [1], "iterations": 150, "restarts": 2,
+                              "tv_weight": 0.0})  # 8x8 digits: no TV prior (README)
     return cfg, run_experiment(cfg, progress=False)
 
 

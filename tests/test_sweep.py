@@ -85,3 +85,35 @@ def test_stopped_sweep_resumes_with_the_remaining_cells(tmp_path):
     rows = (out / "two" / "sweep.csv").read_text().splitlines()
     assert len(rows) == 3 and all("finished" in r for r in rows[1:])
     assert json.loads((out / "two" / "cells.json").read_text())[1]["label"] == "gradprune"
+
+
+def test_cells_run_as_ray_tasks_on_a_cluster(tmp_path):
+    """--ray-address: each cell is a Ray task on the cluster (here a head node the test
+    starts on loopback, and stops by its own temp folder)."""
+    import socket
+    import tempfile
+
+    from tests.helpers import stop_processes
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(tmp_path / "ray-start.log", "w") as log:  # no pipes: its daemons keep them
+        subprocess.run(["ray", "start", "--head", f"--port={port}",
+                        "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
+                        "--include-dashboard=false"], env=env, check=True, stdout=log,
+                       stderr=subprocess.STDOUT, timeout=120)
+    try:
+        path = _file(tmp_path, "onray", '[sweep]\n"federation.batch_size" = [1, 2]\n')
+        out = tmp_path / "out"
+        assert main(["sweep", str(path), "--output-dir", str(out), "--parallel", "2",
+                     "--ray-address", f"127.0.0.1:{port}"]) == 0
+        done = [json.loads(p.read_text()) for p in sorted(out.glob("onray/cells/*/done.json"))]
+        assert [d["exit_status"] for d in done] == [0, 0]
+        assert all(d["ray_node"] for d in done)  # each ran as a Ray task
+        logs = "".join(p.read_text() for p in out.glob("onray/cells/*.log"))
+        assert "attack" in logs and (out / "onray" / "report.html").is_file()
+    finally:
+        stop_processes(temp)

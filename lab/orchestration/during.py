@@ -6,9 +6,10 @@ observers and schedule, and submits one task per capture. Flower's actor pool cl
 CPU Ray counts, so a task asks instead for one unit of the `fedsim_attack` resource (a
 local run creates one unit: one attack at a time beside the rounds; on a cluster, start
 each node with `--resources '{"fedsim_attack": N}'` for N attacks there) and for
-`simulation.gpus_per_attack` GPUs (so on a GPU machine every attack gets one). Without that
-resource on the cluster, tasks ask for `simulation.cpus_per_attack` CPUs instead, which
-they get only once the clients' actors are gone. A task that fails records its error and
+`simulation.gpus_per_attack` GPUs (so on a GPU machine every attack gets one). A cluster
+without that resource cannot host attacks beside the rounds (the actors hold every CPU
+until the ServerApp returns, and it waits for the attacks): they run after training
+instead, and a warning says so. A task that fails records its error and
 the others go on; the ServerApp waits for every attack before it returns, because Flower's
 simulation engine shuts Ray down right after it.
 """
@@ -66,6 +67,7 @@ class AttacksDuringTraining:
         self.cfg, self.run_dir, self.poll_s = cfg, Path(run_dir), poll_s
         self.submitted: dict[tuple, object] = {}
         self.records: list[dict] = []
+        self.deferred = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fedsim-attacks", daemon=True)
 
@@ -75,12 +77,15 @@ class AttacksDuringTraining:
         from lab.orchestration.simulation import ATTACK_RESOURCE
 
         sim = self.cfg.simulation
-        if ray.cluster_resources().get(ATTACK_RESOURCE):
-            options = {"num_cpus": 0, "resources": {ATTACK_RESOURCE: 1}}
-        else:
-            log.warning("the Ray cluster has no %r resource: attacks wait for free CPUs",
-                        ATTACK_RESOURCE)
-            options = {"num_cpus": sim.cpus_per_attack}
+        if not ray.cluster_resources().get(ATTACK_RESOURCE):
+            # Flower's actors hold every CPU until the ServerApp returns, and the ServerApp
+            # waits for the attacks: asking for CPUs here would wait forever
+            log.warning("the Ray cluster has no %r resource: the attacks run after training "
+                        "(start its nodes with --resources '{\"%s\": N}' to run N beside "
+                        "the rounds)", ATTACK_RESOURCE, ATTACK_RESOURCE)
+            self.deferred = True
+            return
+        options = {"num_cpus": 0, "resources": {ATTACK_RESOURCE: 1}}
         self._remote = ray.remote(num_gpus=sim.gpus_per_attack, **options)(_attack_task)
         self._toml = self.cfg.to_toml()
         self._thread.start()
@@ -108,6 +113,8 @@ class AttacksDuringTraining:
         """Submit what is left, then wait for every attack; returns their records."""
         import ray
 
+        if self.deferred:
+            return []
         self._stop.set()
         self._thread.join()
         self._scan(quiet=False)

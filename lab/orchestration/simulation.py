@@ -28,6 +28,7 @@ class RunResult:
     run_dir: Path
     rounds: list[dict]
     attacks: list[dict] = field(default_factory=list)
+    attacks_deferred: bool = False  # "during" asked for, but the cluster could not host them
 
     @property
     def client_failures(self) -> dict[int, int]:
@@ -195,7 +196,8 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
             + (f" ({type(crashed).__name__}: {crashed})" if crashed is not None else "")
             + f"; see {run_dir / 'run.log'}", run_dir
         )
-    return RunResult(run_dir, rows, attacks)
+    return RunResult(run_dir, rows, attacks,
+                     attacks_deferred=during is not None and during.deferred)
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
@@ -212,7 +214,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
         if err.run_dir is not None:
             build_tables(err.run_dir)  # tables of what finished
         raise
-    if cfg.attack.enabled and not during:
+    if cfg.attack.enabled and (not during or result.attacks_deferred):
         from lab.orchestration.attacks import attack_run
 
         result.attacks = attack_run(cfg, result.run_dir, progress=progress)

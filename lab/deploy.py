@@ -1,0 +1,183 @@
+"""The deployment topology of docker-compose.yml, read from that file, and run either by
+Docker or as local processes on loopback (`fedsim deploy --local`).
+
+The same service definitions serve both: a service's command is the compose command with
+its variables filled in (deploy/*.env), its executable the image's (flwr/superlink ->
+flower-superlink) or the entrypoint. Locally every compose hostname becomes 127.0.0.1, every
+listening port a free local port, and /results and /certs local folders, so the topology
+that Docker would start is started here as processes (SuperLink, SuperNodes, SuperExecs),
+the experiment is submitted with `flwr run`, the attacker worker inverts the captures, and
+the report is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+IMAGES = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
+APP_ENTRYPOINT = "flower-superexec"  # the Dockerfile's
+_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)(?::-((?:[^}])*))?\}")
+
+
+class DeployError(RuntimeError):
+    """The deployment could not start or finish; the message says which part and why."""
+
+
+@dataclass
+class Service:
+    name: str
+    executable: str
+    args: list[str]
+    image: Optional[str] = None
+    profiles: list[str] = field(default_factory=list)
+
+    @property
+    def listens(self) -> Optional[int]:
+        """The port it serves on (`--port N`, or a proxy's `--listen HOST:N`)."""
+        for flag in ("--port", "--listen"):
+            if flag in self.args:
+                return int(self.args[self.args.index(flag) + 1].rsplit(":", 1)[-1])
+        return None
+
+
+def read_env_file(path: Optional[Path]) -> dict[str, str]:
+    """KEY=VALUE lines (compose's env-file format; # comments)."""
+    if path is None:
+        return {}
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR} and ${VAR:-default}."""
+    return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
+
+
+def load_compose(path: Path, env: Optional[dict[str, str]] = None,
+                 profiles: tuple[str, ...] = ()) -> dict[str, Service]:
+    """The services (those without a profile, plus the named profiles'), commands filled."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    env = dict(env or {})
+    services = {}
+    for name, spec in data["services"].items():
+        svc_profiles = list(spec.get("profiles", []))
+        if svc_profiles and not set(svc_profiles) & set(profiles):
+            continue
+        command = spec.get("command", "")
+        args = (shlex.split(interpolate(command, env)) if isinstance(command, str)
+                else [interpolate(str(a), env) for a in command])
+        image = spec.get("image")
+        entry = spec.get("entrypoint")
+        if entry:
+            executable = entry[0] if isinstance(entry, list) else shlex.split(entry)[0]
+        elif image and image.split(":")[0] in IMAGES:
+            executable = IMAGES[image.split(":")[0]]
+        else:
+            executable = APP_ENTRYPOINT
+        services[name] = Service(name, executable, args, image, svc_profiles)
+    return services
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def localise(services: dict[str, Service], results: Path, certs: Path) -> dict[str, Service]:
+    """Hostnames -> 127.0.0.1, ports -> free local ports, /results and /certs -> folders."""
+    ports = {name: (svc.listens, free_port()) for name, svc in services.items() if svc.listens}
+    out = {}
+    for name, svc in services.items():
+        args = []
+        for arg in svc.args:
+            for host, (old, new) in ports.items():
+                arg = arg.replace(f"{host}:{old}", f"127.0.0.1:{new}")
+            if name in ports and arg == str(ports[name][0]):
+                arg = str(ports[name][1])
+            arg = arg.replace("0.0.0.0:", "127.0.0.1:").replace("/results", str(results))
+            args.append("127.0.0.1" if arg == "0.0.0.0" else arg.replace("/certs", str(certs)))
+        out[name] = Service(name, svc.executable, args, svc.image, svc.profiles)
+    return out
+
+
+def wait_for_port(port: int, timeout_s: float, what: str, proc=None) -> None:
+    """Bounded wait for a listening port (a process that exits meanwhile ends it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DeployError(f"{what} exited with status {proc.returncode} before it listened "
+                              f"on 127.0.0.1:{port}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeployError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
+
+
+class LocalTopology:
+    """Start the services as processes (a context manager that stops every one of them)."""
+
+    def __init__(self, services: dict[str, Service], workdir: Path, env: dict[str, str]):
+        self.services, self.workdir, self.env = services, Path(workdir), env
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, extra_env: Optional[dict] = None) -> subprocess.Popen:
+        svc = self.services[name]
+        exe = str(Path(sys.executable).parent / svc.executable)
+        log = open(self.workdir / f"{name}.log", "w")
+        proc = subprocess.Popen([exe if Path(exe).exists() else svc.executable, *svc.args],
+                                cwd=self.workdir, env={**self.env, **(extra_env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig=None) -> None:
+        import signal
+
+        proc = self.procs.get(name)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig or signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+
+def flwr_federation(home: Path, name: str, address: str,
+                    root_certificates: Optional[Path] = None) -> None:
+    """A SuperLink connection for `flwr run` in FLWR_HOME/config.toml."""
+    path = Path(home) / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else '[superlink]\ndefault = "local"\n'
+    security = (f'root-certificates = "{root_certificates}"\n' if root_certificates
+                else "insecure = true\n")
+    path.write_text(text + f'\n[superlink.{name}]\naddress = "{address}"\n{security}')
