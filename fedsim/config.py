@@ -138,7 +138,7 @@ class KnowledgeConfig(_Section):
         return self
 
 
-OBSERVERS = ("server", "eavesdropper", "client")
+OBSERVERS = ("server", "eavesdropper", "client", "wire")
 
 
 class EveryN(_Section):
@@ -153,7 +153,8 @@ class AttackConfig(_Section):
     observers: list[Literal[OBSERVERS]] = Field(
         default_factory=lambda: ["server"],
         description="who attacks: the honest-but-curious server (every update it receives), "
-        "an eavesdropper on the wire, an honest-but-curious client (the aggregate only)")
+        "an eavesdropper on the wire, an honest-but-curious client (the aggregate only), "
+        "the proxy on a deployment's real network path (`wire`, fedsim deploy only)")
     observer_client: int = Field(default=0, ge=0,
                                  description="the partition of the honest-but-curious client")
     rounds: Union[Literal["all"], list[int], EveryN] = Field(

@@ -192,6 +192,110 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_deploy(args) -> int:
+    """The experiment as a real Flower deployment (docker-compose.yml's topology)."""
+    import shutil
+
+    from lab.deploy import deploy_local
+    from lab.orchestration.attacks import attack_run
+    from lab.orchestration.simulation import _finish_files, prepare_run_dir
+    from lab.report import build_report
+    from lab.validation import validate
+
+    cfg = validate(load(args.config))
+    if not args.local:
+        if shutil.which("docker") is None:
+            raise ConfigError("no Docker engine here: `fedsim deploy --local` runs the same "
+                              "topology as processes, or follow the README's docker compose "
+                              "steps on a host with Docker")
+        raise ConfigError("fedsim deploy drives the local topology only; with Docker, "
+                          "follow the README's docker compose steps")
+    run_dir = prepare_run_dir(cfg, args.run_dir, args.overwrite)
+    dep = deploy_local(cfg, run_dir, env_file=args.env_file, wire=args.wire,
+                       timeout_s=args.timeout_s)
+    rows = _finish_files(run_dir)
+    attacks = attack_run(cfg, run_dir, progress=False) if cfg.attack.enabled else []
+    from lab.tables import build_tables
+
+    build_tables(run_dir)
+    report = build_report(run_dir)
+    done = max((r["round"] for r in rows), default=0)
+    print(f"deployed run: {done} of {cfg.federation.num_rounds} rounds in {dep.seconds:.1f} s; "
+          f"report: {report}; processes' logs: {dep.folder}")
+    if dep.wire is not None:
+        print(f"wire: {dep.wire['captures']} captures decoded from "
+              f"{dep.wire['http_exchanges']} HTTP exchanges, "
+              f"{dep.wire['tls_connections']} TLS connections forwarded")
+    failed = [a for a in attacks if "error" in a]
+    if done < cfg.federation.num_rounds:
+        print(f"the deployed run finished {done} of {cfg.federation.num_rounds} rounds",
+              file=sys.stderr)
+        return 1
+    return 4 if failed else 0
+
+
+def cmd_eavesdrop(args) -> int:
+    """The wire proxy, until stopped."""
+    import signal
+    import threading
+
+    from fedsim.app_facts import AppFacts
+    from fedsim.reply_capture import ReplyCapture
+    from fedsim.runtime import config_from_runtime
+    from lab.wire import serve
+    from server.capture import declared_facts
+
+    if args.facts:
+        facts = AppFacts.from_toml(args.facts)
+        rounds = "all"
+    else:
+        cfg = load(args.config) if args.config else config_from_runtime()
+        facts, rounds = declared_facts(cfg), cfg.capture.rounds
+    writer = ReplyCapture(args.out, facts, observer="wire", rounds=rounds)
+    server = serve(args.listen, args.upstream, writer, Path(args.out) / "wire.json")
+    print(f"eavesdropping on {args.listen} -> {args.upstream}; captures in {args.out}",
+          flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from lab.certs import make_certs
+
+    for path in make_certs(Path(args.folder), tuple(args.host or ()), args.nodes):
+        print(path)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    """The attacker worker: invert a run folder's scheduled captures as they land."""
+    import time
+
+    from lab.orchestration.attacks import attack_one, targets
+
+    run_dir = Path(args.run_dir)
+    done: set = set()
+    while True:
+        if (run_dir / "config.toml").is_file():
+            cfg = load(run_dir / "config.toml")
+            if args.device:
+                cfg = cfg.model_copy(update={"device": args.device})
+            for target in targets(cfg, run_dir, quiet=True):
+                if target[:3] not in done:
+                    done.add(target[:3])
+                    rec = attack_one(cfg, *target, run_dir)
+                    print(f"attack on round {target[1]} client {target[2]} by the {target[0]}: "
+                          + (f"PSNR {rec['psnr']:.2f} dB" if "psnr" in rec
+                             else f"failed: {rec.get('error')}"), flush=True)
+        if args.once:
+            return 0
+        time.sleep(args.poll_s)
+
+
 def cmd_report(args) -> int:
     from lab.report import build_report
     from lab.tables import build_tables
@@ -286,6 +390,39 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--ray-address", help="run every cell's clients and attacks on this cluster")
     sw.set_defaults(func=cmd_sweep)
 
+    dep = sub.add_parser("deploy", help="run an experiment as a Flower deployment "
+                         "(docker-compose.yml's topology)")
+    dep.add_argument("config", help="experiment TOML")
+    dep.add_argument("--local", action="store_true", help="as processes on loopback")
+    dep.add_argument("--env-file", type=Path, help="deploy/tls.env, deploy/auth.env, ...")
+    dep.add_argument("--wire", action="store_true", help="put the eavesdropper proxy in the path")
+    dep.add_argument("--run-dir", type=Path)
+    dep.add_argument("--overwrite", action="store_true")
+    dep.add_argument("--timeout-s", type=float, default=900)
+    dep.set_defaults(func=cmd_deploy)
+
+    eav = sub.add_parser("eavesdrop", help="a forwarding proxy between SuperNodes and the "
+                         "SuperLink that captures the updates it can read")
+    eav.add_argument("--listen", required=True, help="HOST:PORT the SuperNodes connect to")
+    eav.add_argument("--upstream", required=True, help="the SuperLink's HOST:PORT")
+    eav.add_argument("--out", required=True, type=Path, help="run folder for the captures")
+    eav.add_argument("--config", help="the experiment (default: FEDSIM_CONFIG_TOML)")
+    eav.add_argument("--facts", type=Path, help="your app's AppFacts as TOML, instead")
+    eav.set_defaults(func=cmd_eavesdrop)
+
+    cer = sub.add_parser("certs", help="make a CA and SuperLink certificate (and node keys)")
+    cer.add_argument("folder", help="where to write them (deploy/certs for docker compose)")
+    cer.add_argument("--host", action="append", help="another name of the SuperLink")
+    cer.add_argument("--nodes", type=int, default=0, help="SuperNode key pairs to make")
+    cer.set_defaults(func=cmd_certs)
+
+    wat = sub.add_parser("watch", help="the attacker worker: invert captures as they land")
+    wat.add_argument("run_dir", help="the run folder the apps write (RUN_DIR/config.toml)")
+    wat.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    wat.add_argument("--once", action="store_true", help="attack what is there, then exit")
+    wat.add_argument("--poll-s", type=float, default=5.0)
+    wat.set_defaults(func=cmd_watch)
+
     rep = sub.add_parser("report", help="write a run folder's HTML and Markdown report")
     rep.add_argument("run_dir", help="a run folder (RUN_DIR/config.toml)")
     rep.set_defaults(func=cmd_report)
@@ -344,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedsim.capture import CaptureError
     from fedsim.data.datasets import DataFormatError, DataNotFoundError
     from fedsim.runtime import RunFailed
+    from lab.deploy import DeployError
     from lab.foreign import OriginalsError
 
     try:
@@ -352,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             OriginalsError, FactsError) as err:
         print(err, file=sys.stderr)
         return 2
-    except RunFailed as err:
+    except (RunFailed, DeployError) as err:
         print(f"run failed: {err}", file=sys.stderr)
         return 1
 

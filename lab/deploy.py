@@ -12,6 +12,7 @@ the report is written.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -100,8 +101,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def localise(services: dict[str, Service], results: Path, certs: Path) -> dict[str, Service]:
-    """Hostnames -> 127.0.0.1, ports -> free local ports, /results and /certs -> folders."""
+def localise(services: dict[str, Service], results: Path, certs: Path,
+             run_dir: Optional[Path] = None) -> dict[str, Service]:
+    """Hostnames -> 127.0.0.1, ports -> free local ports, /results (/results/run: the run
+    folder) and /certs -> local folders."""
     ports = {name: (svc.listens, free_port()) for name, svc in services.items() if svc.listens}
     out = {}
     for name, svc in services.items():
@@ -111,6 +114,10 @@ def localise(services: dict[str, Service], results: Path, certs: Path) -> dict[s
                 arg = arg.replace(f"{host}:{old}", f"127.0.0.1:{new}")
             if name in ports and arg == str(ports[name][0]):
                 arg = str(ports[name][1])
+            if name in ports:
+                arg = arg.replace(f"0.0.0.0:{ports[name][0]}", f"127.0.0.1:{ports[name][1]}")
+            if run_dir is not None:
+                arg = arg.replace("/results/run", str(run_dir))
             arg = arg.replace("0.0.0.0:", "127.0.0.1:").replace("/results", str(results))
             args.append("127.0.0.1" if arg == "0.0.0.0" else arg.replace("/certs", str(certs)))
         out[name] = Service(name, svc.executable, args, svc.image, svc.profiles)
@@ -181,3 +188,78 @@ def flwr_federation(home: Path, name: str, address: str,
     security = (f'root-certificates = "{root_certificates}"\n' if root_certificates
                 else "insecure = true\n")
     path.write_text(text + f'\n[superlink.{name}]\naddress = "{address}"\n{security}')
+
+
+ROOT = Path(__file__).resolve().parents[1]
+START_ORDER = ("superlink", "eavesdropper", "supernode-", "serverapp", "clientapp-")
+
+
+@dataclass
+class Deployment:
+    run_dir: Path
+    folder: Path                 # logs, Flower's home and state
+    seconds: float               # flwr run, submit to finish
+    wire: Optional[dict] = None  # the proxy's status (wire.json), when it was in the path
+
+
+def _port_of(svc: Service) -> int:
+    """The local port a localised service listens on."""
+    if "--port" in svc.args:
+        return int(svc.args[svc.args.index("--port") + 1])
+    return int(svc.args[svc.args.index("--listen") + 1].rsplit(":", 1)[1])
+
+
+def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml",
+                 env_file: Optional[Path] = None, wire: bool = False,
+                 certs: Optional[Path] = None, timeout_s: float = 600,
+                 during=None) -> Deployment:
+    """The compose topology as processes on loopback, the experiment submitted with
+    `flwr run`, then the attacker worker's attacks, tables and report. `during(topology)`
+    runs in a thread while the run goes (tests kill a SuperNode from it)."""
+    import threading
+
+    env_vars = {**read_env_file(env_file)}
+    if wire:
+        env_vars["FLEET_ADDRESS"] = "eavesdropper"
+    folder = Path(run_dir).parent / f"{Path(run_dir).name}-deploy"
+    folder.mkdir(parents=True, exist_ok=True)
+    certs = Path(certs) if certs else folder / "certs"
+    tls = "--ssl-certfile" in " ".join(env_vars.values())
+    if tls and not (certs / "ca.pem").is_file():
+        from lab.certs import make_certs
+
+        make_certs(certs)
+    services = localise(load_compose(compose, env_vars, ("wire",) if wire else ()),
+                        folder, certs, Path(run_dir))
+    home = folder / "flwr"
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "FEDSIM_CONFIG_TOML": cfg.to_toml(), "FEDSIM_RUN_DIR": str(run_dir)}
+    link = services["superlink"]
+    address = f"127.0.0.1:{_port_of(link)}"
+    flwr_federation(home, "fedsim-local", address, certs / "ca.pem" if tls else None)
+    with LocalTopology(services, folder, env) as topo:
+        for prefix in START_ORDER:
+            for name in [n for n in services if n.startswith(prefix)]:
+                proc = topo.start(name)
+                if name in ("superlink", "eavesdropper"):
+                    wait_for_port(_port_of(services[name]), 60, name, proc)
+        watcher = (threading.Thread(target=during, args=(topo,), daemon=True)
+                   if during else None)
+        if watcher:
+            watcher.start()
+        started = time.monotonic()
+        try:
+            done = subprocess.run(["flwr", "run", str(ROOT), "fedsim-local", "--stream"],
+                                  cwd=folder, env=env, stdout=open(folder / "flwr-run.log", "w"),
+                                  stderr=subprocess.STDOUT, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise DeployError(f"the deployed run did not finish within {timeout_s:g} s; logs "
+                              f"in {folder}") from None
+        seconds = time.monotonic() - started
+        if done.returncode != 0:
+            raise DeployError(f"flwr run exited with status {done.returncode}; see "
+                              f"{folder / 'flwr-run.log'}")
+    return Deployment(Path(run_dir), folder, seconds,
+                      json.loads((Path(run_dir) / "wire.json").read_text())
+                      if (Path(run_dir) / "wire.json").is_file() else None)

@@ -41,10 +41,29 @@ def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def _log_to_run_folder(run_dir) -> None:
+    """fedsim's log lines also in RUN_DIR/run.log (a deployed ServerApp is a process of its
+    own; in simulation the driver has attached the same file already)."""
+    import logging
+
+    target = str((run_dir / "run.log").resolve())
+    logger = logging.getLogger("fedsim")
+    if any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
+        return
+    handler = logging.FileHandler(target)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(grid: Grid, context: Context) -> None:
     """The server's whole run; `app` serves it, and an orchestrator may wrap it."""
     cfg = config_from_runtime(context.run_config)
     run_dir = run_dir_from_runtime(cfg)
+    if not (run_dir / "config.toml").exists():  # a deployment: the attacker worker reads it
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(cfg.to_toml())
+    _log_to_run_folder(run_dir)
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls replies every 0.1 s:
         grid.pull_interval = 0.01       # with fast local training that is half a round
     torch.set_num_threads(cfg.threads)
@@ -73,6 +92,7 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=per_round,
         min_results=fed.min_results,
         min_available_nodes=fed.num_clients,
+        node_wait_s=fed.connect_timeout_s,
         fraction_evaluate=0.0,
     )
     strategy = wrap_strategy(cfg, strategy, per_round)  # Flower's central DP, if configured

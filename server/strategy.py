@@ -42,23 +42,52 @@ class FedSgdAwareFedAvg(FedAvg):
 
     def __init__(self, *, algorithm: str, server_lr: float, min_results: int = 1,
                  on_train_metrics: Optional[Callable[..., None]] = None,
-                 **kwargs):
+                 node_wait_s: float = 120.0, **kwargs):
         super().__init__(**kwargs)
         self.algorithm = algorithm
         self.server_lr = server_lr
         self.min_results = min_results
         self.on_train_metrics = on_train_metrics
+        self.node_wait_s = node_wait_s
         self._weights_before: dict[int, ArrayRecord] = {}
+        self._missing: list[str] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._weights_before = {server_round: arrays}
+        wanted = self.min_train_nodes
+        available = self._wait_for_nodes(grid, wanted)
+        self._missing = [f"{wanted - available} of {wanted} nodes not connected at the start "
+                         f"of round {server_round} (waited {self.node_wait_s:g} s)"
+                         ] if available < wanted else []
+        if available < wanted:  # a SuperNode left: go on with those left, as min_results allows
+            if available < self.min_results:
+                raise RoundFailed(f"round {server_round}: {available} nodes connected, fewer "
+                                  f"than federation.min_results = {self.min_results}")
+            saved = self.min_train_nodes, self.min_available_nodes, self.fraction_train
+            self.min_train_nodes = self.min_available_nodes = available
+            self.fraction_train = 1.0
+            try:
+                return super().configure_train(server_round, arrays, config, grid)
+            finally:
+                self.min_train_nodes, self.min_available_nodes, self.fraction_train = saved
         return super().configure_train(server_round, arrays, config, grid)
+
+    def _wait_for_nodes(self, grid: Grid, wanted: int) -> int:
+        """Connected nodes, after waiting at most node_wait_s for `wanted` of them (Flower's
+        sampling would wait forever for a node that is gone)."""
+        import time
+
+        deadline = time.monotonic() + self.node_wait_s
+        while (count := len(list(grid.get_node_ids()))) < wanted and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return count
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         causes = failure_causes(replies)
         results = len(replies) - len(causes)
+        causes = self._missing + causes
         arrays, metrics = (super().aggregate_train(server_round, replies) if results
                            else (None, None))
         if self.on_train_metrics is not None:

@@ -1,0 +1,69 @@
+"""`fedsim certs DIR`: the certificates a TLS deployment needs, made locally.
+
+A CA, and a SuperLink certificate signed by it for every name the SuperLink is reached by
+(localhost, 127.0.0.1, and the compose service names `superlink` and `eavesdropper`); with
+`nodes`, an EC key pair per SuperNode for Flower's SuperNode authentication. For a
+deployment of your own, add its host names (`--host`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from pathlib import Path
+
+NAMES = ("localhost", "superlink", "eavesdropper")
+
+
+def _name(common: str):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def make_certs(folder: Path, hosts: tuple[str, ...] = (), nodes: int = 0,
+               days: int = 365) -> list[Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca = (x509.CertificateBuilder().subject_name(_name("fedsim CA")).issuer_name(_name("fedsim CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sans = [x509.DNSName(n) for n in (*NAMES, *hosts)] + [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (x509.CertificateBuilder().subject_name(_name("superlink")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    plain = serialization.NoEncryption()
+    files = {
+        "ca.pem": ca.public_bytes(pem),
+        "ca.key": ca_key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, plain),
+        "server.pem": cert.public_bytes(pem),
+        "server.key": key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, plain),
+    }
+    for i in range(nodes):
+        node = ec.generate_private_key(ec.SECP384R1())
+        files[f"supernode-{i}.key"] = node.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                         plain)
+        files[f"supernode-{i}.pub"] = node.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    written = []
+    for name, data in files.items():
+        path = folder / name
+        path.write_bytes(data)
+        if name.endswith(".key"):
+            path.chmod(0o600)
+        written.append(path)
+    return written
