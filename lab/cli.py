@@ -196,8 +196,8 @@ def cmd_deploy(args) -> int:
     """The experiment as a real Flower deployment (docker-compose.yml's topology)."""
     import shutil
 
+    from fedsim.records import read_rows
     from lab.deploy import deploy_local
-    from lab.orchestration.attacks import attack_run
     from lab.orchestration.simulation import _finish_files, prepare_run_dir
     from lab.report import build_report
     from lab.validation import validate
@@ -214,10 +214,7 @@ def cmd_deploy(args) -> int:
     dep = deploy_local(cfg, run_dir, env_file=args.env_file, wire=args.wire,
                        timeout_s=args.timeout_s)
     rows = _finish_files(run_dir)
-    attacks = attack_run(cfg, run_dir, progress=False) if cfg.attack.enabled else []
-    from lab.tables import build_tables
-
-    build_tables(run_dir)
+    attacks = read_rows(run_dir / "leakage.jsonl")  # the attacker worker's
     report = build_report(run_dir)
     done = max((r["round"] for r in rows), default=0)
     print(f"deployed run: {done} of {cfg.federation.num_rounds} rounds in {dep.seconds:.1f} s; "

@@ -212,10 +212,11 @@ def _port_of(svc: Service) -> int:
 def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml",
                  env_file: Optional[Path] = None, wire: bool = False,
                  certs: Optional[Path] = None, timeout_s: float = 600,
-                 during=None) -> Deployment:
+                 during=None, attacker: bool = True) -> Deployment:
     """The compose topology as processes on loopback, the experiment submitted with
-    `flwr run`, then the attacker worker's attacks, tables and report. `during(topology)`
-    runs in a thread while the run goes (tests kill a SuperNode from it)."""
+    `flwr run`, then the compose file's attacker worker (`fedsim watch --once`) over the
+    captures; the caller writes tables and report. `during(topology)` runs in a thread
+    while the run goes (tests stop a SuperNode from it)."""
     import threading
 
     env_vars = {**read_env_file(env_file)}
@@ -229,7 +230,8 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
         from lab.certs import make_certs
 
         make_certs(certs)
-    services = localise(load_compose(compose, env_vars, ("wire",) if wire else ()),
+    profiles = ("cpu", "wire") if wire else ("cpu",)
+    services = localise(load_compose(compose, env_vars, profiles),
                         folder, certs, Path(run_dir))
     home = folder / "flwr"
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
@@ -260,6 +262,15 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
         if done.returncode != 0:
             raise DeployError(f"flwr run exited with status {done.returncode}; see "
                               f"{folder / 'flwr-run.log'}")
+        if attacker and "attacker" in services and cfg.attack.enabled:
+            # the attacker worker of the compose file, once over the finished run's captures
+            services["attacker"].args.append("--once")
+            worker = topo.start("attacker")
+            try:
+                worker.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                raise DeployError(f"the attacker worker did not finish within {timeout_s:g} "
+                                  f"s; see {folder / 'attacker.log'}") from None
     return Deployment(Path(run_dir), folder, seconds,
                       json.loads((Path(run_dir) / "wire.json").read_text())
                       if (Path(run_dir) / "wire.json").is_file() else None)

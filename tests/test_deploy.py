@@ -78,14 +78,14 @@ def _experiment(tmp_path, observers=("server", "wire")):
 
 
 def _finish(cfg, run_dir):
-    from lab.orchestration.attacks import attack_run
+    """Tables and report of a deployed run; the attacker worker's records."""
+    from fedsim.records import read_rows
     from lab.orchestration.simulation import _finish_files
     from lab.report import build_report
 
     rows = _finish_files(run_dir)
-    attacks = attack_run(cfg, run_dir, progress=False)
     build_report(run_dir)
-    return rows, attacks
+    return rows, read_rows(run_dir / "leakage.jsonl")
 
 
 def test_the_topology_runs_as_local_processes_with_the_wire_proxy(tmp_path):
@@ -107,6 +107,15 @@ def test_the_topology_runs_as_local_processes_with_the_wire_proxy(tmp_path):
                    for k in server.weights_before)
     scores = {(a["observer"], a["partition_id"]): a["psnr"] for a in attacks}
     assert scores[("wire", 0)] == scores[("server", 0)] and len(scores) == 4
+    assert "attack on round 1 client 0 by the wire" in (dep.folder / "attacker.log").read_text()
+
+    # the same experiment on the simulation engine sent and received the same tensors
+    from lab.orchestration.simulation import run_simulation
+
+    sim = run_simulation(cfg, run_dir=tmp_path / "sim").run_dir
+    simulated = load_capture(round_dir(sim, 1) / "server_client_000.pt")
+    deployed = load_capture(folder / "wire_client_000.pt")
+    assert all(torch.equal(simulated.update[k], deployed.update[k]) for k in deployed.update)
 
 
 def test_under_tls_the_run_completes_and_the_proxy_decodes_nothing(tmp_path):

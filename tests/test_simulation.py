@@ -83,32 +83,3 @@ def test_default_attack_inverts_a_captured_client(fedsgd_run):
     assert rec["psnr"] > 20  # measured: about 60 dB for a batch of 4 digits at 150 steps
     rows = (result.run_dir / "leakage.jsonl").read_text().splitlines()
     assert len(rows) == 1
-
-
-def test_attaches_to_an_existing_ray_cluster(tmp_path):
-    """`--ray-address`: workers of a separately started Ray head receive the experiment,
-    and the attacks during training run there as tasks on the head's fedsim_attack
-    resource."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
-    temp = tempfile.mkdtemp(prefix="rayh")
-    port = "6391"
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-                    '--resources={"fedsim_attack": 1}',
-                    "--include-dashboard=false", f"--temp-dir={temp}"],
-                   check=True, capture_output=True, timeout=120)
-    try:
-        cfg = tiny_config(tmp_path, federation={"num_rounds": 1},
-                          attack={"enabled": True, "name": "fedavg_naive", "clients": "all",
-                                  "iterations": 3})
-        result = run_experiment(cfg, ray_address=f"127.0.0.1:{port}", progress=False)
-        assert [r["round"] for r in result.rounds] == [0, 1]
-        assert len(list_captures(result.run_dir)) == 2
-        assert sorted(r["partition_id"] for r in result.attacks if "psnr" in r) == [0, 1]
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)

@@ -89,7 +89,9 @@ def test_stopped_sweep_resumes_with_the_remaining_cells(tmp_path):
 
 def test_cells_run_as_ray_tasks_on_a_cluster(tmp_path):
     """--ray-address: each cell is a Ray task on the cluster (here a head node the test
-    starts on loopback, and stops by its own temp folder)."""
+    starts on loopback, and stops by its own temp folder); each cell's run attaches to the
+    same cluster, its clients' workers receive the experiment, and its attacks during
+    training run there as tasks on the head's fedsim_attack resource."""
     import socket
     import tempfile
 
@@ -103,6 +105,7 @@ def test_cells_run_as_ray_tasks_on_a_cluster(tmp_path):
     with open(tmp_path / "ray-start.log", "w") as log:  # no pipes: its daemons keep them
         subprocess.run(["ray", "start", "--head", f"--port={port}",
                         "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
+                        '--resources={"fedsim_attack": 1}',
                         "--include-dashboard=false"], env=env, check=True, stdout=log,
                        stderr=subprocess.STDOUT, timeout=120)
     try:
@@ -115,5 +118,9 @@ def test_cells_run_as_ray_tasks_on_a_cluster(tmp_path):
         assert all(d["ray_node"] for d in done)  # each ran as a Ray task
         logs = "".join(p.read_text() for p in out.glob("onray/cells/*.log"))
         assert "attack" in logs and (out / "onray" / "report.html").is_file()
+        assert "attacks run after training" not in logs  # they ran during, on the cluster
+        for cell in sorted(out.glob("onray/cells/*/leakage.jsonl")):
+            rows = [json.loads(line) for line in cell.read_text().splitlines()]
+            assert rows and all("psnr" in r for r in rows)
     finally:
         stop_processes(temp)
