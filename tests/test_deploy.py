@@ -67,12 +67,12 @@ def test_images_follow_the_pinned_flower_version():
     assert 'ENTRYPOINT ["flower-superexec"]' in (ROOT / "Dockerfile").read_text()
 
 
-def _experiment(tmp_path, observers=("server", "wire")):
+def _experiment(tmp_path, observers=("server", "wire"), attack=True):
     return tiny_config(
         tmp_path, federation={"num_clients": 2, "num_rounds": 2, "algorithm": "fedavg",
                               "local_steps": 1, "batch_size": 4, "lr": 0.5},
         capture={"rounds": [1]},
-        attack={"enabled": True, "name": "fedavg_replay", "observers": list(observers),
+        attack={"enabled": attack, "name": "fedavg_replay", "observers": list(observers),
                 "clients": "all", "iterations": 60, "tv_weight": 0.0, "signed": True,
                 "lr": 0.3, "knowledge": {"labels": "known"}})
 
@@ -121,12 +121,13 @@ def test_the_topology_runs_as_local_processes_with_the_wire_proxy(tmp_path):
 def test_under_tls_the_run_completes_and_the_proxy_decodes_nothing(tmp_path):
     from lab.orchestration.simulation import prepare_run_dir
 
-    cfg = _experiment(tmp_path, observers=("server",))
+    cfg = _experiment(tmp_path, observers=("server",), attack=False)
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
     dep = deploy_local(cfg, run_dir, env_file=ROOT / "deploy" / "tls-wire.env", wire=True,
                        timeout_s=400)
-    rows, attacks = _finish(cfg, run_dir)
-    assert [r["round"] for r in rows] == [0, 1, 2] and "psnr" in attacks[0]
+    rows, _ = _finish(cfg, run_dir)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert len(list(round_dir(run_dir, 1).glob("server_client_*.pt"))) == 2
     assert dep.wire["tls_connections"] > 0
     assert dep.wire["captures"] == 0 and dep.wire["http_exchanges"] == 0
     assert "nothing decodable" in dep.wire["note"]
@@ -172,9 +173,9 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
     from lab.orchestration.simulation import prepare_run_dir
     from fedsim.records import read_rows
 
-    cfg = _experiment(tmp_path, observers=("server",))
+    cfg = _experiment(tmp_path, observers=("server",), attack=False)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-        update={"num_rounds": 3, "connect_timeout_s": 5.0})})
+        update={"num_rounds": 2, "connect_timeout_s": 5.0})})
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
     killed = {}
 
@@ -189,11 +190,30 @@ def test_a_supernode_killed_mid_run_leaves_the_others_to_finish(tmp_path):
 
     deploy_local(cfg, run_dir, timeout_s=400, during=kill_after_round_one)
     rows, _ = _finish(cfg, run_dir)
-    assert killed and [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert killed and [r["round"] for r in rows] == [0, 1, 2]
     assert rows[1]["clients"] == 2 and rows[1]["failures"] == 0
-    later = rows[2:]
+    later = rows[2:]  # round 2 goes on with the node that is left
     assert all(r["clients"] == 1 and r["failures"] >= 1 for r in later), later
     # the SuperLink answers for the gone node (heartbeat missed), or it is no longer listed
     cause = " ".join(later[0]["failure_causes"])
     assert "Node Unavailable" in cause or "nodes not connected" in cause
     assert "round 2: 1 of 2 clients failed" in (run_dir / "run.log").read_text()
+
+
+def test_an_unreachable_superlink_ends_a_supernode_within_its_bounds(tmp_path):
+    """The compose file's SuperNode, pointed at a SuperLink that is not there, gives up
+    after its bounded retries with a line saying so (here with a 5 s bound, not 120)."""
+    import time
+
+    from lab.deploy import free_port, localise
+
+    node = localise(load_compose(COMPOSE), tmp_path, tmp_path)["supernode-0"]
+    args = list(node.args)
+    args[args.index("--superlink") + 1] = f"127.0.0.1:{free_port()}"  # nothing listens
+    args[args.index("--max-wait-time") + 1] = "5"
+    exe = shutil.which(node.executable) or str(
+        Path(__import__("sys").executable).parent / node.executable)
+    started = time.time()
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and time.time() - started < 60
+    assert "Giving up reconnection" in done.stdout + done.stderr
