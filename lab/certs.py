@@ -55,8 +55,8 @@ def make_certs(folder: Path, hosts: tuple[str, ...] = (), nodes: int = 0,
     }
     for i in range(nodes):
         node = ec.generate_private_key(ec.SECP384R1())
-        files[f"supernode-{i}.key"] = node.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                         plain)
+        files[f"supernode-{i}.key"] = node.private_bytes(pem, serialization.PrivateFormat.OpenSSH,
+                                                         plain)  # Flower reads OpenSSH keys
         files[f"supernode-{i}.pub"] = node.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     written = []

@@ -179,6 +179,15 @@ class LocalTopology:
             self.stop(name)
 
 
+def _register_node(public_key: Path, env: dict, folder: Path) -> None:
+    """`flwr supernode register KEY fedsim-local`: SuperNode authentication's admission."""
+    done = subprocess.run(["flwr", "supernode", "register", str(public_key), "fedsim-local"],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise DeployError(f"registering {public_key.name} with the SuperLink failed: "
+                          f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
+
+
 def flwr_federation(home: Path, name: str, address: str,
                     root_certificates: Optional[Path] = None) -> None:
     """A SuperLink connection for `flwr run` in FLWR_HOME/config.toml."""
@@ -226,10 +235,13 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
     folder.mkdir(parents=True, exist_ok=True)
     certs = Path(certs) if certs else folder / "certs"
     tls = "--ssl-certfile" in " ".join(env_vars.values())
-    if tls and not (certs / "ca.pem").is_file():
+    auth = "--enable-supernode-auth" in " ".join(env_vars.values())
+    nodes = sum(1 for k in load_compose(compose, env_vars) if k.startswith("supernode-"))
+    if (tls and not (certs / "ca.pem").is_file()) or (
+            auth and not (certs / "supernode-0.key").is_file()):
         from lab.certs import make_certs
 
-        make_certs(certs)
+        make_certs(certs, nodes=nodes if auth else 0)
     profiles = ("cpu", "wire") if wire else ("cpu",)
     services = localise(load_compose(compose, env_vars, profiles),
                         folder, certs, Path(run_dir))
@@ -243,6 +255,9 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
     with LocalTopology(services, folder, env) as topo:
         for prefix in START_ORDER:
             for name in [n for n in services if n.startswith(prefix)]:
+                if auth and name == "supernode-0":  # the SuperLink admits registered keys
+                    for i in range(nodes):
+                        _register_node(certs / f"supernode-{i}.pub", env, folder)
                 proc = topo.start(name)
                 if name in ("superlink", "eavesdropper"):
                     wait_for_port(_port_of(services[name]), 60, name, proc)

@@ -119,12 +119,15 @@ def test_the_topology_runs_as_local_processes_with_the_wire_proxy(tmp_path):
 
 
 def test_under_tls_the_run_completes_and_the_proxy_decodes_nothing(tmp_path):
+    """TLS with SuperNode authentication (deploy/auth.env: node keys registered with the
+    SuperLink before the nodes start) and the proxy in the path."""
     from lab.orchestration.simulation import prepare_run_dir
 
     cfg = _experiment(tmp_path, observers=("server",), attack=False)
     run_dir = prepare_run_dir(cfg, tmp_path / "run")
-    dep = deploy_local(cfg, run_dir, env_file=ROOT / "deploy" / "tls-wire.env", wire=True,
+    dep = deploy_local(cfg, run_dir, env_file=ROOT / "deploy" / "auth.env", wire=True,
                        timeout_s=400)
+    assert (dep.folder / "superlink.log").read_text().count("RegisterNode] Created") == 2
     rows, _ = _finish(cfg, run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert len(list(round_dir(run_dir, 1).glob("server_client_*.pt"))) == 2
