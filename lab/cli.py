@@ -274,9 +274,17 @@ def cmd_watch(args) -> int:
 
     from lab.orchestration.attacks import attack_one, targets
 
+    from lab.orchestration.simulation import _finish_files
+    from lab.report import build_report
+
+    from fedsim.records import read_rows
+
     run_dir = Path(args.run_dir)
-    done: set = set()
+    # a restarted worker skips what earlier ones recorded
+    done = {(r.get("observer"), r.get("round"), r.get("partition_id"))
+            for r in read_rows(run_dir / "leakage.jsonl")} if run_dir.is_dir() else set()
     while True:
+        attacked = False
         if (run_dir / "config.toml").is_file():
             cfg = load(run_dir / "config.toml")
             if args.device:
@@ -284,10 +292,14 @@ def cmd_watch(args) -> int:
             for target in targets(cfg, run_dir, quiet=True):
                 if target[:3] not in done:
                     done.add(target[:3])
+                    attacked = True
                     rec = attack_one(cfg, *target, run_dir)
                     print(f"attack on round {target[1]} client {target[2]} by the {target[0]}: "
                           + (f"PSNR {rec['psnr']:.2f} dB" if "psnr" in rec
                              else f"failed: {rec.get('error')}"), flush=True)
+        if attacked and (run_dir / "metrics.jsonl").is_file():  # tables and report, updated
+            _finish_files(run_dir)
+            build_report(run_dir)
         if args.once:
             return 0
         time.sleep(args.poll_s)
