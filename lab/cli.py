@@ -242,13 +242,26 @@ def cmd_eavesdrop(args) -> int:
     from lab.wire import serve
     from server.capture import declared_facts
 
+    import os
+
+    from fedsim.runtime import ENV_CONFIG
+
+    def writer() -> ReplyCapture:
+        """The facts: --facts (your app), --config, the environment's experiment, or the
+        run folder's config.toml (written by the ServerApp when the run starts)."""
+        if args.facts:
+            return ReplyCapture(args.out, AppFacts.from_toml(args.facts), observer="wire")
+        if args.config or os.environ.get(ENV_CONFIG):
+            cfg = load(args.config) if args.config else config_from_runtime()
+        else:
+            cfg = load(Path(args.out) / "config.toml")
+        return ReplyCapture(args.out, declared_facts(cfg), observer="wire",
+                            rounds=cfg.capture.rounds)
+
     if args.facts:
-        facts = AppFacts.from_toml(args.facts)
-        rounds = "all"
-    else:
-        cfg = load(args.config) if args.config else config_from_runtime()
-        facts, rounds = declared_facts(cfg), cfg.capture.rounds
-    writer = ReplyCapture(args.out, facts, observer="wire", rounds=rounds)
+        AppFacts.from_toml(args.facts)  # a bad declaration: one line, before listening
+    elif args.config:
+        load(args.config)
     server = serve(args.listen, args.upstream, writer, Path(args.out) / "wire.json")
     print(f"eavesdropping on {args.listen} -> {args.upstream}; captures in {args.out}",
           flush=True)
@@ -415,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     eav.add_argument("--listen", required=True, help="HOST:PORT the SuperNodes connect to")
     eav.add_argument("--upstream", required=True, help="the SuperLink's HOST:PORT")
     eav.add_argument("--out", required=True, type=Path, help="run folder for the captures")
-    eav.add_argument("--config", help="the experiment (default: FEDSIM_CONFIG_TOML)")
+    eav.add_argument("--config", help="the experiment (default: FEDSIM_CONFIG_TOML, else the "
+                     "run folder's config.toml once the run has started)")
     eav.add_argument("--facts", type=Path, help="your app's AppFacts as TOML, instead")
     eav.set_defaults(func=cmd_eavesdrop)
 

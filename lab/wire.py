@@ -33,8 +33,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding
 class WireTap:
     """Reassembles Fleet API traffic into (train message, reply) pairs and captures them."""
 
-    def __init__(self, writer: ReplyCapture, status_path: Path):
-        self.writer, self.status_path = writer, Path(status_path)
+    def __init__(self, writer, status_path: Path):
+        """`writer`: a ReplyCapture, or a function that makes one when the first reply is
+        complete (the experiment's facts may only be known once the run has started)."""
+        self._writer, self.status_path = writer, Path(status_path)
         self.objects: dict[str, bytes] = {}
         self.sent: dict[str, object] = {}       # train message id -> its ObjectTree
         self.replies: list[object] = []         # reply ObjectTrees not yet complete
@@ -68,6 +70,12 @@ class WireTap:
                 log.warning("wire: could not read %s: %r", path, err)
             self._complete()
             self._save()
+
+    @property
+    def writer(self) -> ReplyCapture:
+        if not isinstance(self._writer, ReplyCapture):
+            self._writer = self._writer()
+        return self._writer
 
     def tls(self) -> None:
         with self.lock:
@@ -183,7 +191,7 @@ class Proxy(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-def serve(listen: str, upstream: str, writer: ReplyCapture, status_path: Path,
+def serve(listen: str, upstream: str, writer, status_path: Path,
           ready: Optional[threading.Event] = None) -> Proxy:
     """Start the proxy in a background thread; returns the server (shutdown() stops it)."""
     host, port = listen.rsplit(":", 1)
