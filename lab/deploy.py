@@ -150,8 +150,9 @@ class LocalTopology:
         svc = self.services[name]
         exe = str(Path(sys.executable).parent / svc.executable)
         log = open(self.workdir / f"{name}.log", "w")
+        env = {k: v for k, v in {**self.env, **(extra_env or {})}.items() if v is not None}
         proc = subprocess.Popen([exe if Path(exe).exists() else svc.executable, *svc.args],
-                                cwd=self.workdir, env={**self.env, **(extra_env or {})},
+                                cwd=self.workdir, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -258,7 +259,9 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
                 if auth and name == "supernode-0":  # the SuperLink admits registered keys
                     for i in range(nodes):
                         _register_node(certs / f"supernode-{i}.pub", env, folder)
-                proc = topo.start(name)
+                # as in the container, the proxy reads the facts from RUN_DIR/config.toml
+                proc = topo.start(name, {"FEDSIM_CONFIG_TOML": None}
+                                  if name == "eavesdropper" else None)
                 if name in ("superlink", "eavesdropper"):
                     wait_for_port(_port_of(services[name]), 60, name, proc)
         watcher = (threading.Thread(target=during, args=(topo,), daemon=True)
