@@ -63,6 +63,8 @@ class AppFacts:
                              "Normalize(mean, std)); give both or neither")
         if self.std is not None and min(self.std) <= 0:
             raise FactsError(f"AppFacts.std {list(self.std)} must be positive")
+        if len(tuple(self.pixel_range)) != 2:
+            raise FactsError(f"AppFacts.pixel_range {list(self.pixel_range)} must be (low, high)")
         lo, hi = self.pixel_range
         if not lo < hi:
             raise FactsError(f"AppFacts.pixel_range {list(self.pixel_range)} must be (low, high) "
@@ -92,7 +94,10 @@ class AppFacts:
     @classmethod
     def from_toml(cls, path: Path) -> "AppFacts":
         """The declaration as a TOML file (the same field names)."""
-        data = tomllib.loads(Path(path).read_text())
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise FactsError(f"{path}: not a readable TOML declaration ({err})") from None
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise FactsError(f"{path}: unknown field(s) {sorted(unknown)}; allowed: "

@@ -262,7 +262,10 @@ def cmd_eavesdrop(args) -> int:
         AppFacts.from_toml(args.facts)  # a bad declaration: one line, before listening
     elif args.config:
         load(args.config)
-    server = serve(args.listen, args.upstream, writer, Path(args.out) / "wire.json")
+    try:
+        server = serve(args.listen, args.upstream, writer, Path(args.out) / "wire.json")
+    except OSError as err:
+        raise ConfigError(f"--listen {args.listen}: cannot listen there ({err.strerror})") from None
     print(f"eavesdropping on {args.listen} -> {args.upstream}; captures in {args.out}",
           flush=True)
     stop = threading.Event()

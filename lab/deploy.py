@@ -54,6 +54,9 @@ def read_env_file(path: Optional[Path]) -> dict[str, str]:
     """KEY=VALUE lines (compose's env-file format; # comments)."""
     if path is None:
         return {}
+    if not Path(path).is_file():
+        raise DeployError(f"--env-file {path}: no such file (deploy/ holds tls.env, "
+                          "auth.env, wire.env, tls-wire.env)")
     out = {}
     for line in Path(path).read_text().splitlines():
         line = line.strip()
@@ -116,12 +119,20 @@ def localise(services: dict[str, Service], results: Path, certs: Path,
                 arg = str(ports[name][1])
             if name in ports:
                 arg = arg.replace(f"0.0.0.0:{ports[name][0]}", f"127.0.0.1:{ports[name][1]}")
-            if run_dir is not None:
-                arg = arg.replace("/results/run", str(run_dir))
-            arg = arg.replace("0.0.0.0:", "127.0.0.1:").replace("/results", str(results))
-            args.append("127.0.0.1" if arg == "0.0.0.0" else arg.replace("/certs", str(certs)))
+            arg = arg.replace("0.0.0.0:", "127.0.0.1:")
+            args.append("127.0.0.1" if arg == "0.0.0.0" else _local_path(arg, results, certs,
+                                                                         run_dir))
         out[name] = Service(name, svc.executable, args, svc.image, svc.profiles)
     return out
+
+
+def _local_path(arg: str, results: Path, certs: Path, run_dir: Optional[Path]) -> str:
+    """A container path argument (/results/run, /results/..., /certs/...) as a local one;
+    anything else unchanged."""
+    for prefix, local in (("/results/run", run_dir), ("/results", results), ("/certs", certs)):
+        if local is not None and (arg == prefix or arg.startswith(prefix + "/")):
+            return str(local) + arg[len(prefix):]
+    return arg
 
 
 def wait_for_port(port: int, timeout_s: float, what: str, proc=None) -> None:
@@ -145,11 +156,13 @@ class LocalTopology:
     def __init__(self, services: dict[str, Service], workdir: Path, env: dict[str, str]):
         self.services, self.workdir, self.env = services, Path(workdir), env
         self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: list = []
 
     def start(self, name: str, extra_env: Optional[dict] = None) -> subprocess.Popen:
         svc = self.services[name]
         exe = str(Path(sys.executable).parent / svc.executable)
         log = open(self.workdir / f"{name}.log", "w")
+        self.logs.append(log)
         env = {k: v for k, v in {**self.env, **(extra_env or {})}.items() if v is not None}
         proc = subprocess.Popen([exe if Path(exe).exists() else svc.executable, *svc.args],
                                 cwd=self.workdir, env=env,
@@ -178,12 +191,19 @@ class LocalTopology:
     def __exit__(self, *exc) -> None:
         for name in reversed(list(self.procs)):
             self.stop(name)
+        for log in self.logs:
+            log.close()
 
 
 def _register_node(public_key: Path, env: dict, folder: Path) -> None:
     """`flwr supernode register KEY fedsim-local`: SuperNode authentication's admission."""
-    done = subprocess.run(["flwr", "supernode", "register", str(public_key), "fedsim-local"],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        done = subprocess.run(["flwr", "supernode", "register", str(public_key),
+                               "fedsim-local"], cwd=folder, env=env, capture_output=True,
+                              text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"registering {public_key.name} with the SuperLink took over "
+                          "120 s") from None
     if done.returncode != 0:
         raise DeployError(f"registering {public_key.name} with the SuperLink failed: "
                           f"{(done.stdout + done.stderr).strip().splitlines()[-1:]}")
@@ -194,10 +214,10 @@ def flwr_federation(home: Path, name: str, address: str,
     """A SuperLink connection for `flwr run` in FLWR_HOME/config.toml."""
     path = Path(home) / "config.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else '[superlink]\ndefault = "local"\n'
     security = (f'root-certificates = "{root_certificates}"\n' if root_certificates
                 else "insecure = true\n")
-    path.write_text(text + f'\n[superlink.{name}]\naddress = "{address}"\n{security}')
+    path.write_text(f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
+                    f'address = "{address}"\n{security}')  # fresh: a rerun declares it once
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +264,11 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
 
         make_certs(certs, nodes=nodes if auth else 0)
     profiles = ("cpu", "wire") if wire else ("cpu",)
+    compose_nodes = [n for n in load_compose(compose, env_vars) if n.startswith("supernode-")]
+    if len(compose_nodes) != cfg.federation.num_clients:
+        raise DeployError(f"federation.num_clients = {cfg.federation.num_clients}, but "
+                          f"{compose.name} has {len(compose_nodes)} SuperNodes; use an "
+                          "experiment with that many clients (experiments/deploy.toml)")
     services = localise(load_compose(compose, env_vars, profiles),
                         folder, certs, Path(run_dir))
     home = folder / "flwr"
@@ -270,9 +295,10 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
             watcher.start()
         started = time.monotonic()
         try:
-            done = subprocess.run(["flwr", "run", str(ROOT), "fedsim-local", "--stream"],
-                                  cwd=folder, env=env, stdout=open(folder / "flwr-run.log", "w"),
-                                  stderr=subprocess.STDOUT, timeout=timeout_s)
+            with open(folder / "flwr-run.log", "w") as log:
+                done = subprocess.run(["flwr", "run", str(ROOT), "fedsim-local", "--stream"],
+                                      cwd=folder, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise DeployError(f"the deployed run did not finish within {timeout_s:g} s; logs "
                               f"in {folder}") from None

@@ -99,28 +99,44 @@ class WireTap:
         return message
 
     def _complete(self) -> None:
+        """Capture every reply whose objects and whose train message are all seen; a reply
+        that cannot be decoded or written is logged once and dropped, never retried."""
         waiting = []
-        for tree in self.replies:
-            if not self._have(tree):
-                waiting.append(tree)
-                continue
-            reply = self._message(tree)
-            if reply is None:
-                continue
-            sent_tree = self.sent.get(reply.metadata.reply_to_message_id)
-            if sent_tree is None or not self._have(sent_tree):
-                waiting.append(tree)
-                continue
-            train = self._message(sent_tree)
-            self.stats["decoded_replies"] += 1
-            rnd = wire_round(train)
-            if rnd is None or reply.has_error() or "arrays" not in train.content:
-                continue
-            if "metrics" in reply.content and reply.content.array_records:
-                before = len(self.writer.saved)
-                self.writer(rnd, train.content["arrays"], reply, config_of(train))
-                self.stats["captures"] += len(self.writer.saved) - before
-        self.replies = waiting
+        try:
+            for tree in self.replies:
+                if not self._have(tree):
+                    waiting.append(tree)
+                    continue
+                try:
+                    if not self._capture(tree):
+                        waiting.append(tree)
+                except Exception as err:  # noqa: BLE001 - the wire must keep flowing
+                    self.stats["errors"] = self.stats.get("errors", 0) + 1
+                    log.warning("wire: a reply could not be captured: %r", err)
+        finally:
+            self.replies = waiting
+
+    def _capture(self, tree) -> bool:
+        """False while the reply's train message is incomplete."""
+        from flwr.supercore.inflatable.inflatable_utils import iterate_object_tree
+
+        reply = self._message(tree)
+        if reply is None:
+            return True
+        sent_tree = self.sent.get(reply.metadata.reply_to_message_id)
+        if sent_tree is None or not self._have(sent_tree):
+            return False
+        train = self._message(sent_tree)
+        self.stats["decoded_replies"] += 1
+        rnd = wire_round(train)
+        if (rnd is not None and not reply.has_error() and "arrays" in train.content
+                and "metrics" in reply.content and reply.content.array_records):
+            before = len(self.writer.saved)
+            self.writer(rnd, train.content["arrays"], reply, config_of(train))
+            self.stats["captures"] += len(self.writer.saved) - before
+        for t in iterate_object_tree(tree):  # the reply is done with: free its objects
+            self.objects.pop(t.object_id, None)
+        return True
 
     def _save(self) -> None:
         status = dict(self.stats)
@@ -153,32 +169,58 @@ def make_handler(upstream: tuple[str, int], tap: WireTap):
             first = self.connection.recv(1, socket.MSG_PEEK)
             if first[:1] == b"\x16":  # a TLS handshake: bytes only
                 tap.tls()
-                with socket.create_connection(upstream, timeout=30) as up:
-                    up.settimeout(None)
-                    _relay(self.connection, up)
+                try:
+                    with socket.create_connection(upstream, timeout=30) as up:
+                        up.settimeout(None)
+                        _relay(self.connection, up)
+                except OSError as err:
+                    log.warning("wire: TLS relay to %s:%s ended: %r", *upstream, err)
                 return
             super().handle()
 
         def log_message(self, *args):  # quiet
             pass
 
+        def _upstream(self, body: bytes, headers: dict):
+            """(status, reason, headers, body) from the SuperLink; a connection the
+            SuperLink closed while idle is reopened once."""
+            for attempt in (1, 2):
+                if self.upstream_conn is None:
+                    self.upstream_conn = http.client.HTTPConnection(*upstream, timeout=600)
+                try:
+                    self.upstream_conn.request(self.command, self.path, body=body,
+                                               headers=headers)
+                    res = self.upstream_conn.getresponse()
+                    return res.status, res.reason, res.getheaders(), res.read()
+                except (OSError, http.client.HTTPException):
+                    self.upstream_conn.close()
+                    self.upstream_conn = None
+                    if attempt == 2:
+                        raise
+
+        def finish(self):
+            if self.upstream_conn is not None:
+                self.upstream_conn.close()
+            super().finish()
+
         def _forward(self):
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            if self.upstream_conn is None:
-                self.upstream_conn = http.client.HTTPConnection(*upstream, timeout=600)
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            self.upstream_conn.request(self.command, self.path, body=body, headers=headers)
-            res = self.upstream_conn.getresponse()
-            data = res.read()
-            self.send_response(res.status, res.reason)
-            for k, v in res.getheaders():
+            try:
+                status, reason, res_headers, data = self._upstream(body, headers)
+            except (OSError, http.client.HTTPException) as err:
+                log.warning("wire: the SuperLink at %s:%s is unreachable: %r", *upstream, err)
+                self.send_error(502, "the SuperLink is unreachable through the proxy")
+                return
+            self.send_response(status, reason)
+            for k, v in res_headers:
                 if k.lower() not in HOP_BY_HOP:
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-            if res.status == 200:
+            if status == 200:
                 tap.exchange(self.path, body, data)
 
         do_POST = do_GET = do_PUT = do_DELETE = _forward

@@ -8,6 +8,7 @@ aggregation touches it.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Iterable, Optional
 
 import numpy as np
@@ -132,8 +133,13 @@ class ObservedStrategy(Strategy):
         replies = list(replies)
         for msg in replies:
             if not msg.has_error():
-                self.on_reply(server_round, self._sent[server_round], msg,
-                              self._configs.get(int(msg.metadata.src_node_id), {}))
+                try:
+                    self.on_reply(server_round, self._sent[server_round], msg,
+                                  self._configs.get(int(msg.metadata.src_node_id), {}))
+                except Exception as err:  # noqa: BLE001 - observing never stops training
+                    logging.getLogger("fedsim").error(
+                        "round %d: the capture of node %s failed: %r", server_round,
+                        msg.metadata.src_node_id, err)
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
