@@ -301,8 +301,14 @@ def cmd_watch(args) -> int:
             for r in read_rows(run_dir / "leakage.jsonl")} if run_dir.is_dir() else set()
     while True:
         attacked = False
+        cfg = None
         if (run_dir / "config.toml").is_file():
-            cfg = load(run_dir / "config.toml")
+            try:
+                cfg = load(run_dir / "config.toml")
+            except ConfigError:  # being written by the ServerApp: read it next time
+                if args.once:
+                    raise
+        if cfg is not None:
             if args.device:
                 cfg = cfg.model_copy(update={"device": args.device})
             for target in targets(cfg, run_dir, quiet=True):

@@ -192,7 +192,11 @@ def _run_cells_on_ray(cells: list[Cell], root: Path, ray_address: str, parallel:
                 running[ref] = (cell, folder)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             cell, folder = running.pop(ref)
-            outcomes.append(_finish(cell, folder, *ray.get(ref)))
+            try:
+                outcomes.append(_finish(cell, folder, *ray.get(ref)))
+            except ray.exceptions.RayError as err:  # its node died: the cell failed, not all
+                outcomes.append({"cell": cell.index, "label": cell.label, "exit_status": -1,
+                                 "config": cell.fingerprint, "error": str(err)[:300]})
             on_done()
     finally:
         ray.shutdown()
@@ -207,7 +211,8 @@ def run_sweep(path: Path, output_dir: Optional[str] = None, scale: Optional[str]
     from tqdm.auto import tqdm
 
     name, cells = load_sweep(path, scale)
-    root = Path(output_dir or cells[0].cfg.output_dir) / name
+    root = (Path(output_dir or cells[0].cfg.output_dir) / name).resolve()  # Ray workers'
+    # folders differ from the driver's
     (root / "cells").mkdir(parents=True, exist_ok=True)
     (root / "sweep.toml").write_text(Path(path).read_text())
     pending = [c for c in cells if not c.finished_in(root / "cells" / c.folder_name)]
