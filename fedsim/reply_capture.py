@@ -80,6 +80,11 @@ def _arrays(content) -> ArrayRecord:
     return records[0]
 
 
+def carries_update(reply: Message) -> bool:
+    """A training reply with an update in it (not a SecAgg+ stage message of masked shares)."""
+    return "metrics" in reply.content and bool(reply.content.array_records)
+
+
 def config_of(message: Message) -> dict:
     """The train config a message carries (Flower's strategies call it "config")."""
     records = message.content.config_records
@@ -112,7 +117,7 @@ def eavesdropper(run_dir: Path, facts: Union[AppFacts, Mapping[str, Any]], round
         rnd = wire_round(msg)
         if reply.has_error() or rnd is None or not writer.wants(rnd):
             return reply
-        if "metrics" not in reply.content or not reply.content.array_records:
+        if not carries_update(reply):
             return reply  # legacy/SecAgg+ stage messages: the caller decides what they mean
         pid = context.node_config.get("partition-id")
         writer(rnd, _arrays(msg.content), reply, config_of(msg),

@@ -232,13 +232,6 @@ class Deployment:
     wire: Optional[dict] = None  # the proxy's status (wire.json), when it was in the path
 
 
-def _port_of(svc: Service) -> int:
-    """The local port a localised service listens on."""
-    if "--port" in svc.args:
-        return int(svc.args[svc.args.index("--port") + 1])
-    return int(svc.args[svc.args.index("--listen") + 1].rsplit(":", 1)[1])
-
-
 def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml",
                  env_file: Optional[Path] = None, wire: bool = False,
                  certs: Optional[Path] = None, timeout_s: float = 600,
@@ -252,23 +245,22 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
     env_vars = {**read_env_file(env_file)}
     if wire:
         env_vars["FLEET_ADDRESS"] = "eavesdropper"
+    nodes = sum(1 for k in load_compose(compose, env_vars) if k.startswith("supernode-"))
+    if nodes != cfg.federation.num_clients:
+        raise DeployError(f"federation.num_clients = {cfg.federation.num_clients}, but "
+                          f"{compose.name} has {nodes} SuperNodes; use an experiment with "
+                          "that many clients (experiments/deploy.toml)")
     folder = Path(run_dir).parent / f"{Path(run_dir).name}-deploy"
     folder.mkdir(parents=True, exist_ok=True)
     certs = Path(certs) if certs else folder / "certs"
     tls = "--ssl-certfile" in " ".join(env_vars.values())
     auth = "--enable-supernode-auth" in " ".join(env_vars.values())
-    nodes = sum(1 for k in load_compose(compose, env_vars) if k.startswith("supernode-"))
     if (tls and not (certs / "ca.pem").is_file()) or (
             auth and not (certs / "supernode-0.key").is_file()):
         from lab.certs import make_certs
 
         make_certs(certs, nodes=nodes if auth else 0)
     profiles = ("cpu", "wire") if wire else ("cpu",)
-    compose_nodes = [n for n in load_compose(compose, env_vars) if n.startswith("supernode-")]
-    if len(compose_nodes) != cfg.federation.num_clients:
-        raise DeployError(f"federation.num_clients = {cfg.federation.num_clients}, but "
-                          f"{compose.name} has {len(compose_nodes)} SuperNodes; use an "
-                          "experiment with that many clients (experiments/deploy.toml)")
     services = localise(load_compose(compose, env_vars, profiles),
                         folder, certs, Path(run_dir))
     home = folder / "flwr"
@@ -276,7 +268,7 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
            "FEDSIM_CONFIG_TOML": cfg.to_toml(), "FEDSIM_RUN_DIR": str(run_dir)}
     link = services["superlink"]
-    address = f"127.0.0.1:{_port_of(link)}"
+    address = f"127.0.0.1:{link.listens}"
     flwr_federation(home, "fedsim-local", address, certs / "ca.pem" if tls else None)
     with LocalTopology(services, folder, env) as topo:
         for prefix in START_ORDER:
@@ -288,7 +280,7 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
                 proc = topo.start(name, {"FEDSIM_CONFIG_TOML": None}
                                   if name == "eavesdropper" else None)
                 if name in ("superlink", "eavesdropper"):
-                    wait_for_port(_port_of(services[name]), 60, name, proc)
+                    wait_for_port(services[name].listens, 60, name, proc)
         watcher = (threading.Thread(target=during, args=(topo,), daemon=True)
                    if during else None)
         if watcher:

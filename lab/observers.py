@@ -23,7 +23,7 @@ from flwr.app import Context, Message
 from fedsim.capture import AGGREGATE, Capture, round_dir, save_capture
 from fedsim.config import ExperimentConfig
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
-from fedsim.reply_capture import eavesdropper, wire_round
+from fedsim.reply_capture import carries_update, eavesdropper, wire_round
 from server.capture import ServerCapture, declared_facts
 
 log = logging.getLogger("fedsim")
@@ -45,7 +45,7 @@ def eavesdropper_mod(msg: Message, context: Context, call_next) -> Message:
     reply = eavesdropper(writer.run_dir, writer.facts, writer=writer)(msg, context, call_next)
     rnd = wire_round(msg)
     if (not reply.has_error() and rnd is not None and writer.wants(rnd)
-            and not ("arrays" in reply.content and "metrics" in reply.content)):
+            and not carries_update(reply)):
         pid = int(context.node_config["partition-id"])  # SecAgg+: masked shares on the wire
         writer.record(rnd, pid, "masked", {}, {}, note="masked SecAgg+ shares only")
     return reply

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Optional
 
-from fedsim.reply_capture import ReplyCapture, config_of, wire_round
+from fedsim.reply_capture import ReplyCapture, carries_update, config_of, wire_round
 
 log = logging.getLogger("fedsim")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
@@ -130,7 +130,7 @@ class WireTap:
         self.stats["decoded_replies"] += 1
         rnd = wire_round(train)
         if (rnd is not None and not reply.has_error() and "arrays" in train.content
-                and "metrics" in reply.content and reply.content.array_records):
+                and carries_update(reply)):
             before = len(self.writer.saved)
             self.writer(rnd, train.content["arrays"], reply, config_of(train))
             self.stats["captures"] += len(self.writer.saved) - before
