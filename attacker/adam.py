@@ -14,10 +14,11 @@ from typing import Callable, Optional
 
 import torch
 
-from attacker.engine import batch_restarts, build_step, resolve_mode
+from attacker.engine import (batch_restarts, build_step, cpu_candidates, fastest_step,
+                             resolve_mode)
 from attacker.objective import make_objective
 from attacker.problem import (Budget, InversionProblem, InversionResult, finish, initial_guess,
-                              step_milestones)
+                              decays_before)
 
 
 class AdamIteration:
@@ -92,38 +93,63 @@ class AdamIteration:
         return self.match
 
 
-def prepare(problem: InversionProblem, budget: Budget, seed: int = 0):
-    """(iteration, step, engine name): the traced, compiled or captured loop body, ready to
-    run from the seeded start. Tracing and compiling happen here, once per shape."""
-    device = next(problem.model.parameters()).device
-    x0, y0 = initial_guess(problem, budget, torch.Generator().manual_seed(seed), device)
+def engine_for(problem: InversionProblem, budget: Budget, objective, x0, y0,
+               members=None) -> tuple[AdamIteration, object, str]:
+    """(iteration, step, engine name) of `objective` from the start (x0, y0): the mode and
+    restart batching chosen for this problem's model and budget (`attacker.engine`)."""
+    device = x0.device
     n_params = sum(p.numel() for p in problem.model.parameters())
-    mode = resolve_mode(budget.compile, device, n_params, budget.iterations)
     batched = batch_restarts(budget.batch_restarts, n_params, device, budget.restarts)
-    step, mode = build_step(make_objective(problem, budget), x0, y0, batched=batched,
-                            mode=mode)
+    at_once = x0.shape[:-3].numel() // (1 if batched else budget.restarts)
+    mode = resolve_mode(budget.compile, device, n_params, budget.iterations,
+                        batch=at_once, grouped=members is not None)
+    if mode == "probe":
+        step, mode = fastest_step(objective, x0, y0, batched=batched, members=members,
+                                  candidates=cpu_candidates(n_params, budget.iterations),
+                                  iterations=budget.iterations)
+    else:
+        step, mode = build_step(objective, x0, y0, batched=batched, mode=mode,
+                                members=members)
     it = AdamIteration(step, x0, y0, budget, problem.coordinates(device), problem.labels is None,
                        cuda_graph=mode == "cudagraph")
     return it, step, f"{mode}{'+vmap' if batched else ''}"
 
 
+def prepare(problem: InversionProblem, budget: Budget, seed: int = 0):
+    """(iteration, step, engine name): the traced, compiled or captured loop body, ready to
+    run from the seeded start. Tracing and compiling happen here, once per shape."""
+    device = next(problem.model.parameters()).device
+    x0, y0 = initial_guess(problem, budget, torch.Generator().manual_seed(seed), device)
+    return engine_for(problem, budget, make_objective(problem, budget), x0, y0)
+
+
+def iterate(it: AdamIteration, budget: Budget, report: Callable[[int, torch.Tensor], None]
+            ) -> None:
+    """Every iteration with the step decay; `report(step, match)` about 100 times (each
+    read of the loss is a device sync on CUDA)."""
+    every, lr, decays = max(budget.iterations // 100, 1), budget.lr, 0
+    for i in range(budget.iterations):
+        while decays < decays_before(budget.iterations, i):
+            lr, decays = lr * 0.1, decays + 1
+            it.set_lr(lr)
+        match = it()
+        if i % every == 0 or i == budget.iterations - 1:
+            report(i, match)
+
+
 def invert_adam(problem: InversionProblem, budget: Budget, *, seed: int = 0,
                 progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
-    """All restarts at once; `progress(step, loss)` is called about 100 times (each read of
-    the loss is a device sync on CUDA)."""
+    """All restarts at once; `progress(step, loss)` is called about 100 times."""
     t0 = time.perf_counter()
     it, step, engine = prepare(problem, budget, seed)
-    milestones, lr = set(step_milestones(budget.iterations)), budget.lr
-    report, history = max(budget.iterations // 100, 1), []
-    for i in range(budget.iterations):
-        match = it()
-        if i + 1 in milestones:
-            lr *= 0.1
-            it.set_lr(lr)
-        if i % report == 0 or i == budget.iterations - 1:
-            history.append(float(match.min()))
-            if progress is not None:
-                progress(i, history[-1])
+    history = []
+
+    def report(i, match):
+        history.append(float(match.min()))
+        if progress is not None:
+            progress(i, history[-1])
+
+    iterate(it, budget, report)
     with torch.no_grad():
         _, (_, match) = step(it.x.detach(), it.y.detach())
     return finish(problem, it.x, it.y, match.tolist(), budget.iterations,

@@ -14,8 +14,12 @@ time goes to Python and to launching kernels; each mode removes more of that:
   and the clamp captured as one CUDA graph and replayed every iteration; the loss is read
   only when asked.
 
-`auto` picks `cudagraph` on CUDA; on a CPU, `inductor` for small models over long runs
-(where its compile time is a small part of the run) and `graph` otherwise. All modes take
+`auto` picks `cudagraph` on CUDA. On a CPU the fastest mode depends on the case (measured
+in benchmarks/attack_speed.py: the traced graph wins for the LeNet at batch 1, eager for
+larger batches and ResNet-18), so a
+run long enough to repay it times a few steps of each candidate at start-up and keeps the
+one with the least set-up + steps x time per step; a short run follows a rule from those
+measurements. All modes take
 the same steps from the same start (tests/test_engine.py checks them against the plain
 autograd reference in `attacker.reference`). Measured per mode: benchmarks/attack_speed.py.
 """
@@ -23,6 +27,7 @@ autograd reference in `attacker.reference`). Measured per mode: benchmarks/attac
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 import torch
@@ -33,9 +38,16 @@ log = logging.getLogger("fedsim")
 
 MODES = ("auto", "eager", "graph", "inductor", "cudagraph")
 
-# Measured on 2 CPU threads: inductor runs the LeNet step about 2x faster than the traced
-# graph after a 10-25 s compile, ResNet-18 1.1x after about 70 s. "auto" compiles small
-# models when the run is long enough to pay the compile back several times.
+# "auto" on a CPU: runs of at least this many steps time the candidates at start-up
+# (a few steps each, some seconds at most), shorter ones follow the rule below.
+AUTO_PROBE_MIN_ITERATIONS = 1_000
+AUTO_PROBE_TRIALS = 3
+# Measured on 2 CPU threads (issue 24's table): the traced graph beats eager for the LeNet
+# at batch 1; eager wins at batch 16 and on ResNet-18. Inductor compiles for 10-25 s
+# (LeNet) to a minute (ResNet-18), so it is a candidate only for small models over runs
+# long enough that its compile can pay back.
+AUTO_GRAPH_MAX_EXAMPLES = 4          # batch x group members x restarts stepped at once
+AUTO_GRAPH_MAX_PARAMS = 1_000_000
 AUTO_INDUCTOR_MAX_PARAMS = 1_000_000
 AUTO_INDUCTOR_MIN_ITERATIONS = 2_000
 
@@ -45,18 +57,29 @@ AUTO_INDUCTOR_MIN_ITERATIONS = 2_000
 AUTO_BATCH_MAX_PARAMS = 1_000_000
 
 
-def resolve_mode(mode: str, device, n_params: int = 0, iterations: int = 0) -> str:
+def resolve_mode(mode: str, device, n_params: int = 0, iterations: int = 0, batch: int = 1,
+                 grouped: bool = False) -> str:
+    """The mode to run, or "probe" (CPU, auto, a long run): time `cpu_candidates` at
+    start-up (`fastest_step`). `batch` counts every example stepped at once."""
     if mode not in MODES:
         raise ValueError(f"attack.compile {mode!r} is not one of {list(MODES)}")
     cuda = torch.device(device).type == "cuda"
     if mode == "auto":
         if cuda:
             return "cudagraph"
-        small, long = n_params <= AUTO_INDUCTOR_MAX_PARAMS, iterations >= AUTO_INDUCTOR_MIN_ITERATIONS
-        return "inductor" if small and long else "graph"
+        if iterations >= AUTO_PROBE_MIN_ITERATIONS:
+            return "probe"
+        small = n_params <= AUTO_GRAPH_MAX_PARAMS and batch <= AUTO_GRAPH_MAX_EXAMPLES
+        return "graph" if small else "eager"
     if mode == "cudagraph" and not cuda:
         raise ValueError("attack.compile 'cudagraph' needs a CUDA device")
     return mode
+
+
+def cpu_candidates(n_params: int, iterations: int) -> list[str]:
+    small_long = (n_params <= AUTO_INDUCTOR_MAX_PARAMS
+                  and iterations >= AUTO_INDUCTOR_MIN_ITERATIONS)
+    return ["eager", "graph"] + (["inductor"] if small_long else [])
 
 
 def batch_restarts(setting: str, n_params: int, device, restarts: int) -> bool:
@@ -72,36 +95,72 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple]
 
 
 def build_step(objective, x: torch.Tensor, y: torch.Tensor, *, batched: bool,
-               mode: str) -> tuple[StepFn, str]:
+               mode: str, members=None) -> tuple[StepFn, str]:
     """(step, mode that runs it): step(x, y) -> ((grad_x, grad_y), (total, match)) for all
-    restarts (leading dim). An inductor compile that fails (no C++ compiler, say) is said in
-    one warning and the traced graph runs instead."""
+    restarts (leading dim). With `members` (a pytree stacked over a group of captures,
+    `attacker.groups`) the objective takes it as a third argument and everything has a
+    leading member dim before the restart dim; the members are vmapped, the restarts as
+    without. An inductor compile that fails (no C++ compiler, say) is said in one warning
+    and the traced graph runs instead."""
+    grouped = members is not None
     step = grad_and_value(objective, argnums=(0, 1), has_aux=True)
     if batched:
-        step = vmap(step)
-    else:
-        x, y = x[0], y[0]
+        step = vmap(step, in_dims=(0, 0, None) if grouped else 0)
+    if grouped:
+        step = vmap(step, in_dims=(0, 0, 0))
+    if not batched:
+        x, y = (x[:, 0], y[:, 0]) if grouped else (x[0], y[0])
+    args = (x, y, members) if grouped else (x, y)
     if mode != "eager":
-        step = make_fx(step)(x, y)
+        step = make_fx(step)(*args)
     if mode == "inductor":
         compiled = torch.compile(step, dynamic=False)
         try:
-            compiled(x, y)
+            compiled(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back the same way
             log.warning("attack.compile 'inductor' failed (%s: %s); running the traced graph",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             mode = "graph"
         else:
             step = compiled
-    return (step if batched else _looped(step)), mode
+    if grouped:
+        step = _bound(step, members)
+    return (step if batched else _looped(step, dim=1 if grouped else 0)), mode
 
 
-def _looped(one):
-    """The same step as vmap(one), one restart after another, results stacked."""
+def _bound(step, members):
+    return lambda x, y: step(x, y, members)
+
+
+def _looped(one, dim: int = 0):
+    """The same step as vmap(one) over `dim` (the restarts), one restart after another,
+    results stacked."""
     def step(xs, ys):
-        outs = [one(x, y) for x, y in zip(xs, ys)]
-        gx = torch.stack([o[0][0] for o in outs])
-        gy = torch.stack([o[0][1] for o in outs])
-        return (gx, gy), (torch.stack([o[1][0] for o in outs]),
-                          torch.stack([o[1][1] for o in outs]))
+        outs = [one(x, y) for x, y in zip(xs.unbind(dim), ys.unbind(dim))]
+        gx = torch.stack([o[0][0] for o in outs], dim)
+        gy = torch.stack([o[0][1] for o in outs], dim)
+        return (gx, gy), (torch.stack([o[1][0] for o in outs], dim),
+                          torch.stack([o[1][1] for o in outs], dim))
     return step
+
+
+def fastest_step(objective, x, y, *, batched: bool, candidates: list[str], iterations: int,
+                 members=None) -> tuple[StepFn, str]:
+    """Build each candidate, time its first call (set-up) and AUTO_PROBE_TRIALS more, and
+    keep the one with the least set-up + iterations x time per step. The modes take the
+    same steps to float rounding, so the pick changes the speed, not the attack."""
+    best = None
+    for mode in candidates:
+        t = time.perf_counter()
+        step, got = build_step(objective, x, y, batched=batched, mode=mode, members=members)
+        step(x, y)
+        setup = time.perf_counter() - t
+        t = time.perf_counter()
+        for _ in range(AUTO_PROBE_TRIALS):
+            step(x, y)
+        per = (time.perf_counter() - t) / AUTO_PROBE_TRIALS
+        cost = setup + per * iterations
+        log.debug("attack.compile auto: %s set-up %.2f s, %.2f ms/step", got, setup, 1e3 * per)
+        if best is None or cost < best[0]:
+            best = (cost, step, got)
+    return best[1], best[2]

@@ -25,9 +25,9 @@ class LocalOptimizer:
     nesterov: bool = False
 
     @classmethod
-    def from_meta(cls, meta: dict) -> "LocalOptimizer":
+    def from_facts(cls, facts) -> "LocalOptimizer":
         """From a capture's declared facts (`optimizer`); plain SGD when none is declared."""
-        declared = meta.get("optimizer") or {}
+        declared = facts.optimizer
         return cls(**{k: declared[k] for k in ("momentum", "weight_decay", "dampening",
                                                 "nesterov") if k in declared})
 

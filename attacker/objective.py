@@ -1,5 +1,9 @@
 """The attack objective as a composition: how dummy data becomes an update (FedSGD gradient
-or FedAvg replay), a distance to the observed update, and weighted regularisers."""
+or FedAvg replay), a distance to the observed update, and weighted regularisers.
+
+What differs between captures of the same shape of problem (weights, target, labels,
+BatchNorm targets, mask) is one `member` pytree, an argument of the objective rather than a
+constant of it, so that `attacker.groups` can vmap one objective over many captures."""
 
 from __future__ import annotations
 
@@ -13,13 +17,23 @@ from attacker.problem import Budget, InversionProblem
 from attacker.target import functional_copy
 
 
+def member_of(problem: InversionProblem) -> dict:
+    """The tensors of one problem that its objective reads: weights at the round's start,
+    observed update, fixed labels, BatchNorm targets and mask (left out where absent: no
+    None leaves to vmap)."""
+    member = {"params": {n: p.detach() for n, p in problem.model.named_parameters()},
+              "target": problem.target, "labels": problem.labels,
+              "bn": problem.bn_targets, "mask": problem.mask}
+    return {k: v for k, v in member.items() if v is not None}
+
+
 class UpdateSimulator:
-    """Maps dummy (x, y) to the update the client would have sent, functionally."""
+    """Maps dummy (x, y) to the update the client would have sent from weights `params`,
+    functionally."""
 
     def __init__(self, problem: InversionProblem):
         self.problem = problem
         self.model = functional_copy(problem.model)
-        self.params = {n: p.detach() for n, p in self.model.named_parameters()}
 
     def _loss(self, params, x, y):
         recorder = BNRecorder(self.model) if self.problem.bn_targets is not None else None
@@ -28,49 +42,58 @@ class UpdateSimulator:
         finally:
             if recorder is not None:
                 recorder.close()
-        return F.cross_entropy(logits, y), (recorder.pop() if recorder is not None else [])
+        divisor = self.problem.loss_divisor
+        loss = (F.cross_entropy(logits, y) if divisor is None
+                else F.cross_entropy(logits, y, reduction="sum") / divisor)
+        return loss, (recorder.pop() if recorder is not None else [])
 
-    def __call__(self, x, y):
+    def __call__(self, params, x, y):
         """Returns (update dict, BatchNorm inputs of the first forward)."""
         p = self.problem
         if p.local_steps == 0:
-            return grad(self._loss, has_aux=True)(self.params, x, y)
+            return grad(self._loss, has_aux=True)(params, x, y)
         # FedAvg replay: the client's optimiser over fixed sequential batches of the dummy
-        # data, of the recorded sizes, wrapping around at the end of each pass
-        params, n = self.params, x.shape[0]
+        # data, of the recorded sizes, wrapping around at the end of each pass; an empty
+        # (Poisson) batch is a step without gradient (DP-SGD adds only noise to it)
+        start_params, n = params, x.shape[0]
         sizes = p.local_batch_sizes or [n] * p.local_steps
         features, start, buf = None, 0, None
         for size in sizes:
+            if size == 0 or n == 0:
+                g = {k: torch.zeros_like(v) for k, v in params.items()}
+                params, buf = p.local_optimizer.step(params, g, p.local_lr, buf)
+                continue
             idx = [(start + k) % n for k in range(size)]
             start = (start + size) % n
             sl = slice(idx[0], idx[0] + size) if idx == list(range(idx[0], idx[0] + size)) else idx
             g, feats = grad(self._loss, has_aux=True)(params, x[sl], y[sl])
             features = feats if features is None else features
             params, buf = p.local_optimizer.step(params, g, p.local_lr, buf)
-        return {n: params[n] - self.params[n] for n in params}, features
+        return {n: params[n] - start_params[n] for n in params}, features
 
 
 def labels_from(y_param: torch.Tensor, fixed) -> torch.Tensor:
     return fixed if fixed is not None else F.softmax(y_param, dim=-1)
 
 
-def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
-    """objective(z, y_logits) -> (total, match) for one restart, z in the problem's
-    normalised coordinates (the image priors see z, as in the released code); with
-    `pixels=True` it takes pixel-space images instead."""
+def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
+    """objective(z, y_logits, member) -> (total, match) for one restart of any problem
+    shaped like `problem` (`member_of`), z in the problem's normalised coordinates (the
+    image priors see z, as in the released code); with `pixels=True` it takes pixel-space
+    images instead."""
     sim = UpdateSimulator(problem)
     dist = DISTANCES[budget.distance or "cosine"]
     weights = {k: w for k, w in budget.prior_weights().items() if w > 0}
     co = problem.coordinates(next(problem.model.parameters()).device)
 
-    def objective(z, y_logits):
+    def objective(z, y_logits, member):
         if pixels:
             z, x = (z - co.shift) / co.scale, z
         else:
             x = co.to_pixels(z)
-        update, features = sim(x, labels_from(y_logits, problem.labels))
-        match = dist(update, problem.target, problem.mask)
-        ctx = PriorContext(z, features, problem.bn_targets)
+        update, features = sim(member["params"], x, labels_from(y_logits, member.get("labels")))
+        match = dist(update, member["target"], member.get("mask"))
+        ctx = PriorContext(z, features, member.get("bn"))
         total = match
         for name, w in weights.items():
             term = REGULARISERS[name](ctx)
@@ -79,3 +102,9 @@ def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = Fal
         return total, match
 
     return objective
+
+
+def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
+    """objective(z, y_logits) -> (total, match) for one restart of this problem."""
+    objective, member = member_objective(problem, budget, pixels), member_of(problem)
+    return lambda z, y_logits: objective(z, y_logits, member)

@@ -81,3 +81,19 @@ def inferred_bn_targets(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tens
     """The `inferred` setting: the model's own running statistics stand in for the batch's."""
     return [(m.running_mean.detach().clone(), m.running_var.detach().clone())
             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def batch_bn_stats(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The exact BatchNorm prior: each layer's input statistics on the batch `x` the client
+    fed the model (batch statistics, as in training), for whoever knows `x` — the
+    evaluator's oracle or your own originals."""
+    from attacker.target import functional_copy
+
+    clone = functional_copy(model)
+    rec = BNRecorder(clone)
+    try:
+        clone(x.to(next(model.parameters()).device))
+        return bn_inputs_stats(rec.pop())
+    finally:
+        rec.close()

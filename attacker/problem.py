@@ -3,13 +3,16 @@ returns (`InversionResult`): plain data shared by the optimisers."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, create_model
 
 from attacker.local_optimizer import LocalOptimizer
+from fedsim.config import OPTIMISER_FIELDS, AttackConfig
 
 
 @dataclass
@@ -27,6 +30,8 @@ class InversionProblem:
     local_lr: float = 0.0
     local_batch_sizes: Optional[list[int]] = None  # of each local step; None: the whole batch
     local_optimizer: LocalOptimizer = field(default_factory=LocalOptimizer)  # momentum, decay
+    loss_divisor: Optional[float] = None    # a step's loss is its sum over this (DP-SGD's
+                                            # expected batch size); None: the batch mean
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
     input_mean: Optional[tuple[float, ...]] = None  # the model's input normalisation: the
     input_std: Optional[tuple[float, ...]] = None   # images are optimised as (x - mean) / std
@@ -64,26 +69,26 @@ class Coordinates:
         return z.clamp_(self.lo, self.hi)
 
 
-@dataclass
-class Budget:
-    """The optimiser's settings. Defaults follow Geiping et al.'s released Inverting Gradients
-    (one cosine over all parameters, TV weight 0.1 relative to it, plain Adam at lr 0.1 with
-    step decay), re-measured in pixel space on fedsim's models: README, "Attack defaults"."""
-
-    iterations: int = 10_000
-    lr: float = 0.1
-    tv_weight: float = 0.1
-    bn_weight: float = 1e-2
-    restarts: int = 1
-    init: str = "randn"
-    distance: Optional[str] = None   # attacker.distances; None: the attack's own (cosine)
-    signed: Optional[bool] = None    # step on the sign of the gradient; None: the attack's own
-    batch_restarts: str = "auto"   # "auto" | "on" | "off": vmap all restarts in one call
-    compile: str = "auto"          # attacker.engine.MODES: how the steps run
+class _BudgetBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True,
+                              allow_inf_nan=False)
 
     def prior_weights(self) -> dict[str, float]:
         """Weight of each registered regulariser (`attacker.priors.REGULARISERS`)."""
         return {"tv": self.tv_weight, "bn": self.bn_weight}
+
+
+# The optimiser's settings: exactly the `[attack]` section's optimiser fields, with their
+# types, bounds and defaults (`fedsim.config.OPTIMISER_FIELDS`), never restated here.
+Budget = create_model(
+    "Budget", __base__=_BudgetBase, __doc__="The optimiser's settings (fedsim.config).",
+    **{name: (AttackConfig.model_fields[name].annotation, AttackConfig.model_fields[name])
+       for name in OPTIMISER_FIELDS})
+
+
+def budget_of(attack) -> "Budget":
+    """The Budget of an `[attack]` section (or anything with the same fields)."""
+    return Budget(**{name: getattr(attack, name) for name in OPTIMISER_FIELDS})
 
 
 @dataclass
@@ -99,6 +104,14 @@ class InversionResult:
     engine: str = ""                       # how the steps ran (attacker.engine)
 
 
+# initial guesses in normalised coordinates: fn(shape, coordinates, generator) -> z
+INITS = {
+    "randn": lambda shape, co, g: torch.randn(shape, generator=g),  # the released code's
+    "rand": lambda shape, co, g: co.lo + (co.hi - co.lo) * torch.rand(shape, generator=g),
+    "zeros": lambda shape, co, g: torch.zeros(shape),  # the mean image
+}
+
+
 def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Generator,
                   device) -> tuple[torch.Tensor, torch.Tensor]:
     """Dummy images in normalised coordinates for every restart (drawn on the CPU, so every
@@ -106,12 +119,7 @@ def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Ge
     (the released code's start), `rand` uniform over the box, `zeros` the mean image."""
     shape = (budget.restarts, problem.batch_size, *problem.image_shape)
     co = problem.coordinates("cpu")
-    if budget.init == "randn":
-        z = torch.randn(shape, generator=generator)
-    elif budget.init == "rand":
-        z = co.lo + (co.hi - co.lo) * torch.rand(shape, generator=generator)
-    else:
-        z = torch.zeros(shape)
+    z = INITS[budget.init](shape, co, generator)
     z = torch.max(torch.min(z, co.hi), co.lo)
     y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
     return z.to(device), y.to(device)
@@ -120,6 +128,13 @@ def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Ge
 def step_milestones(iterations: int) -> list[int]:
     """Learning-rate decay by 10 at 3/8, 5/8 and 7/8 of the iterations (Geiping et al.)."""
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+
+
+def decays_before(iterations: int, step: int) -> int:
+    """How many times the learning rate has decayed by step `step` (from 0), as torch's
+    MultiStepLR counts: every milestone at or before it, a repeated one each time (short
+    budgets: 1 iteration has milestones 0, 0, 0)."""
+    return bisect.bisect_right(step_milestones(iterations), step)
 
 
 def finish(problem: InversionProblem, z, y_logits, losses, iters, seconds, history,

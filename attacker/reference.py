@@ -63,7 +63,8 @@ def invert_reference(problem: InversionProblem, budget: Budget, *, seed: int = 0
         for _ in range(budget.iterations):
             opt.zero_grad()
             loss = gradient_distance(x, yl) + budget.tv_weight * _tv(x)
-            loss.backward()
+            # gradients of the dummies only: the model's own .grad is never read
+            loss.backward(inputs=[x] + ([yl] if problem.labels is None else []))
             if budget.signed:
                 x.grad.sign_()
             opt.step()

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fedsim.capture import Capture
-from fedsim.models import build_model
+from fedsim.capture import Capture, CaptureError
+from fedsim.capture_facts import CaptureFacts
+from fedsim.models import MODELS, build_model
+from fedsim.record_keys import NUM_EXAMPLES
 
 
 @dataclass
@@ -18,15 +20,20 @@ class Observation:
     model: nn.Module                  # weights before the round, train mode
     update: dict[str, torch.Tensor]   # gradient (FedSGD) or new - old weights (FedAvg), params only
     kind: str
-    meta: dict
+    facts: CaptureFacts
     image_shape: tuple[int, int, int]
     num_classes: int
 
 
 def model_from_capture(cap: Capture) -> nn.Module:
-    m = cap.meta
-    model = build_model(m["model"], m["image_shape"], m["num_classes"], m["mean"], m["std"],
-                        m.get("model_norm", "batch"), m.get("model_width", 16))
+    """One of fedsim's registered models, by the capture's name for it (a name, never code)."""
+    f = cap.facts
+    if f.model not in MODELS:
+        raise CaptureError(f"the capture's model {str(f.model)[:200]!r} is not one of "
+                           f"fedsim's models {sorted(MODELS)} (a capture of your own app is "
+                           "attacked with --model module:factory)")
+    model = build_model(f.model, f.image_shape, f.num_classes, f.mean, f.std,
+                        f.model_norm or "batch", f.model_width or 16)
     model.load_state_dict(cap.weights_before)
     return model
 
@@ -35,8 +42,8 @@ def observe(cap: Capture, device: torch.device | str = "cpu",
             model: nn.Module | None = None) -> Observation:
     """What the attacker works from; `model` is your own (`attacker.user_model`), already
     holding the weights before the round, or None for fedsim's models."""
-    if model is None and cap.meta.get("app") == "foreign":
-        raise ValueError(f"this capture is of a foreign app (model {cap.meta.get('model')!r}): "
+    if model is None and cap.facts.app == "foreign":
+        raise ValueError(f"this capture is of a foreign app (model {cap.facts.model!r}): "
                          "give the model, e.g. fedsim attack CAPTURE --model module:factory")
     model = (model if model is not None else model_from_capture(cap)).to(device).train()
     names = [n for n, _ in model.named_parameters()]
@@ -44,8 +51,8 @@ def observe(cap: Capture, device: torch.device | str = "cpu",
         update = {n: cap.update[n].to(device) for n in names}
     else:
         update = {n: (cap.update[n] - cap.weights_before[n]).to(device) for n in names}
-    return Observation(model, update, cap.kind, cap.meta, tuple(cap.meta["image_shape"]),
-                       int(cap.meta["num_classes"]))
+    return Observation(model, update, cap.kind, cap.facts, tuple(cap.facts.image_shape),
+                       cap.facts.num_classes)
 
 
 def functional_copy(model: nn.Module) -> nn.Module:
@@ -70,12 +77,16 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     return name, layer
 
 
-def declared_data_size(meta: dict, kind: str) -> int:
+def declared_data_size(facts: CaptureFacts, kind: str) -> int:
     """How many private examples produced the update, from the reply's public metadata:
-    the batch (FedSGD), or the distinct examples of the local steps (FedAvg)."""
-    if meta.get("distinct_examples"):
-        return int(meta["distinct_examples"])
-    seen = int(meta["client_metrics"]["num-examples"])
-    if kind == "gradient" or meta.get("local_steps"):
+    the batch (FedSGD), or the distinct examples of the local steps (FedAvg). Under
+    declared Poisson batches (DP-SGD) an example may recur across steps, and which ones do
+    is not public: every example of every step counts, each its own dummy in the replay."""
+    if facts.effects.get("poisson_batches") and facts.batch_sizes is not None:
+        return int(sum(facts.batch_sizes))
+    if facts.distinct_examples:
+        return facts.distinct_examples
+    seen = int(facts.client_metrics[NUM_EXAMPLES])
+    if kind == "gradient" or facts.local_steps:
         return seen
-    return max(seen // int(meta.get("local_epochs") or 1), 1)
+    return max(seen // (facts.local_epochs or 1), 1)

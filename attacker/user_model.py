@@ -6,8 +6,8 @@ the attack works on pixels in the declared range and the parameter names stay yo
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,8 +21,8 @@ class UserModelError(ValueError):
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """'package.module:name' (importable, the current folder included) or
-    'path/to/file.py:name'."""
+    """'package.module:name' (importable, the current folder included; resolved by
+    `pkgutil.resolve_name`) or 'path/to/file.py:name'."""
     if ":" not in spec:
         raise UserModelError(f"--model {spec!r} must be 'module:factory' (or 'file.py:factory')")
     target, name = spec.rsplit(":", 1)
@@ -34,16 +34,18 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
             loaded = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loaded)
             loaded.loader.exec_module(module)
+            factory = getattr(module, name, None)
         else:
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
-            module = importlib.import_module(target)
+            factory = pkgutil.resolve_name(spec)
     except UserModelError:
         raise
+    except AttributeError:
+        factory = None
     except Exception as err:  # noqa: BLE001 - an import that fails: one line naming it
         raise UserModelError(f"--model {spec!r}: cannot import {target!r} "
                              f"({type(err).__name__}: {err})") from None
-    factory = getattr(module, name, None)
     if not callable(factory):
         raise UserModelError(f"--model {spec!r}: {target!r} has no callable {name!r}")
     return factory
@@ -82,7 +84,7 @@ def normalising(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -
     return model
 
 
-def user_model(spec: str, weights: dict[str, torch.Tensor], meta: dict,
+def user_model(spec: str, weights: dict[str, torch.Tensor], facts,
                mean: Optional[Sequence[float]] = None,
                std: Optional[Sequence[float]] = None) -> nn.Module:
     """The factory's model with the capture's weights before the round, fed pixels.
@@ -99,8 +101,8 @@ def user_model(spec: str, weights: dict[str, torch.Tensor], meta: dict,
                              "torch.nn.Module")
     check_fits(spec, model, weights)
     model.load_state_dict(weights)
-    if mean is None and meta.get("normalised_input"):
-        mean, std = meta["mean"], meta["std"]
+    if mean is None and facts.normalised_input:
+        mean, std = facts.mean, facts.std
     if mean is not None:
         normalising(model, mean, std)
     return model

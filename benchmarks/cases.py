@@ -6,6 +6,7 @@ labels."""
 from __future__ import annotations
 
 import tempfile
+import time
 
 import torch
 
@@ -16,13 +17,14 @@ from fedsim.config import from_dict
 from fedsim.experiment import experiment_for
 
 MODELS = {"lenet": {"name": "lenet"},
+          "convnet_gn": {"name": "convnet", "norm": "group"},
           "resnet18": {"name": "resnet18", "norm": "batch", "width": 64}}
 
 
-def natural32_case(model: str, batch: int, device="cpu"):
+def natural32_case(model: str, batch: int, device="cpu", data: str = "natural32"):
     """(problem, true images, true labels, (mean, std)) on `device`."""
     cfg = from_dict({"seed": 0, "device": "cpu", "output_dir": tempfile.mkdtemp(),
-                     "data": {"name": "natural32"}, "model": MODELS[model],
+                     "data": {"name": data}, "model": MODELS[model],
                      "federation": {"num_clients": 2, "algorithm": "fedsgd",
                                     "batch_size": batch}})
     exp = experiment_for(cfg)
@@ -40,3 +42,19 @@ def natural32_case(model: str, batch: int, device="cpu"):
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed_engine(build, steps: int, device, warmup: int = 3) -> tuple[float, float, object]:
+    """(set-up seconds, seconds per step, what build returned): build() -> (iteration,
+    ...), `warmup` untimed steps counted in the set-up, then `steps` timed ones."""
+    t = time.perf_counter()
+    built = build()
+    for _ in range(warmup):
+        built[0]()
+    sync(device)
+    setup = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(steps):
+        built[0]()
+    sync(device)
+    return setup, (time.perf_counter() - t) / steps, built

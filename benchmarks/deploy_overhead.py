@@ -2,9 +2,12 @@
 SuperLink, SuperNodes, SuperExecs on loopback, docker-compose.yml's services as processes)
 against Flower's simulation engine on Ray (`fedsim run`), from each run's metrics.jsonl
 (`elapsed_s` at the end of every round). Steady state: rounds 2..N; round 1 apart (process
-start, first FAB install, torch imports).
+start, first FAB install, torch imports). With `--docker`, also docker-compose.yml itself
+in containers (lab/stack.py, on a daemon of fedsim's own with the images of `fedsim images
+build`), in the same run.
 
-    python benchmarks/deploy_overhead.py [--rounds 6]   ->  benchmarks/results/deploy_overhead.json
+    python benchmarks/deploy_overhead.py [--rounds 6] [--docker]
+        ->  benchmarks/results/deploy_overhead.json
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--docker", action="store_true", help="the compose stack as well")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="depbench"))
     cfg = validate(from_dict({
@@ -41,16 +45,30 @@ def main() -> None:
         "data": {"name": "digits"}, "model": {"name": "lenet"},
         "federation": {"num_clients": 2, "num_rounds": args.rounds, "algorithm": "fedavg",
                        "local_steps": 4, "batch_size": 8, "lr": 1.0},
-        "capture": {"rounds": [1]}}))
+        "capture": {"rounds": [1]},
+        "attack": {"enabled": False}}))  # no attacker competing for the cores while timed
     sim = run_simulation(cfg, run_dir=work / "sim").run_dir
     dep_dir = prepare_run_dir(cfg, work / "deployed")
     deploy_local(cfg, dep_dir, timeout_s=900)
+    runs = [("simulation", sim), ("process topology", dep_dir)]
+    if args.docker:
+        from lab.dockerd import DEFAULT_ROOT, compose_command, own_daemon
+        from lab.images import build_all
+        from lab.stack import run_stack
+
+        with own_daemon(DEFAULT_ROOT) as env:
+            build_all(env=env)
+            runs.append(("containers", run_stack(cfg, compose_command(), work / "stack", env,
+                                                 timeout_s=900).results))
     out = {}
-    for name, folder in (("simulation", sim), ("process topology", dep_dir)):
+    for name, folder in runs:
         rounds = per_round(folder)
         out[name] = {"first_round_s": rounds[0], "steady_rounds_s": rounds[1:],
                      "steady_median_s": statistics.median(rounds[1:])}
     out["ratio_steady"] = out["process topology"]["steady_median_s"] / out["simulation"]["steady_median_s"]
+    if "containers" in out:
+        out["ratio_steady_containers"] = (out["containers"]["steady_median_s"]
+                                          / out["simulation"]["steady_median_s"])
     out["setting"] = "digits, LeNet, 2 clients, FedAvg 4 local steps of 8, 2-core CPU, loopback"
     path = ROOT / "benchmarks" / "results" / "deploy_overhead.json"
     path.write_text(json.dumps(out, indent=2))

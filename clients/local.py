@@ -27,6 +27,7 @@ class LocalResult:
     batch_sizes: list[int] = field(default_factory=list)  # of each local step, as trained
     distinct_examples: int = 0                            # different examples among them
     effects: dict = field(default_factory=dict)           # what the defenses declared
+    accounting: str | None = None                         # what extras' dp-epsilon bounds
 
 
 def declared_effects(defenses: list[Defense]) -> dict:
@@ -82,11 +83,14 @@ def train_round(exp: Experiment, global_state: dict[str, torch.Tensor], server_r
         update, kind = {k: v.detach().clone() for k, v in model.state_dict().items()}, "weights"
     update = _apply_update_defenses(update, kind, global_state, defenses)
     update = {k: v.detach().cpu() for k, v in update.items()}
+    for d in defenses:  # the privacy spent so far, by the defense that accounts for it
+        extras.update(d.account(state, fed))
     indices = exp.client_batches(server_round, partition_id)
     return LocalResult(update, kind, seen, loss, acc, extras,
                        batch_sizes=[len(x) for x, _ in batches],
                        distinct_examples=len(np.unique(np.concatenate(indices))),
-                       effects=declared_effects(defenses))
+                       effects=declared_effects(defenses),
+                       accounting=next((d.accounting for d in defenses if d.accounting), None))
 
 
 def _apply_update_defenses(update, kind, global_state, defenses):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+import torch.nn.functional as F
 import torch.nn as nn
 
-from fedsim.accuracy import accuracy, classification_loss
+from fedsim.accuracy import accuracy
 
 
 def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], float, float]:
@@ -15,7 +16,7 @@ def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     model.train()
     model.zero_grad(set_to_none=True)
     logits = model(x)
-    loss = classification_loss(logits, y)
+    loss = F.cross_entropy(logits, y)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
     return grads, loss.item(), accuracy(logits, y)
@@ -30,7 +31,7 @@ def local_sgd(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
     for x, y in batches:
         opt.zero_grad(set_to_none=True)
         logits = model(x)
-        loss = classification_loss(logits, y)
+        loss = F.cross_entropy(logits, y)
         loss.backward()
         opt.step()
         total_loss += loss.item() * len(x)

@@ -1,16 +1,12 @@
-"""Loss and accuracy of a classifier: shared by the clients (training metrics) and the
-server (the global model's test accuracy), so neither imports the other."""
+"""Accuracy of a classifier, shared by the clients (training metrics) and the server (the
+global model's test accuracy), so neither imports the other. The loss is plain
+`F.cross_entropy`, which takes hard labels and soft labels (rows of probabilities) alike."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for hard labels (int) and for soft labels (rows of probabilities)."""
-    return F.cross_entropy(logits, targets)
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:

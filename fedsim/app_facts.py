@@ -11,10 +11,13 @@ with `AppFacts`, and every capture written for it keeps them.
 from __future__ import annotations
 
 import math
+import numbers
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+from fedsim.record_keys import NUM_EXAMPLES, PARTITION_ID
 
 DEFAULT_KEYS = {"lr": "lr", "local_epochs": "local-epochs", "batch_size": "batch-size"}
 
@@ -30,8 +33,9 @@ class AppFacts:
 
     image_shape: Sequence[int]                     # (channels, height, width) of one input
     num_classes: int
-    mean: Optional[Sequence[float]] = None         # the pipeline's Normalize(mean, std), if any:
-    std: Optional[Sequence[float]] = None          # the model sees (x - mean) / std
+    mean: Union[float, Sequence[float], None] = None  # the pipeline's Normalize(mean, std),
+    std: Union[float, Sequence[float], None] = None   # if any (x - mean) / std; a number: every
+                                                      # channel
     pixel_range: Sequence[float] = (0.0, 1.0)      # of x before normalisation
     lr: Optional[float] = None
     local_epochs: Optional[int] = None
@@ -42,9 +46,10 @@ class AppFacts:
     nesterov: bool = False
     shuffle: bool = True                           # the client's loader shuffles each epoch
     config_keys: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_KEYS))
-    partition_key: str = "partition-id"            # reply metric naming the client, if any
-    examples_key: str = "num-examples"             # reply metric: examples in the partition
-    model: Optional[str] = None                    # "module:factory" rebuilding the model
+    partition_key: str = PARTITION_ID              # reply metric naming the client, if any
+    examples_key: str = NUM_EXAMPLES               # reply metric: examples in the partition
+    model: Optional[str] = None                    # "module:factory": shown to whoever attacks
+                                                   # the captures as a suggestion, never imported
 
     def __post_init__(self):
         shape = tuple(self.image_shape)
@@ -55,14 +60,12 @@ class AppFacts:
             raise FactsError(f"AppFacts.num_classes {self.num_classes!r} must be an integer >= 2")
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is not None and len(value) != shape[0]:
-                raise FactsError(f"AppFacts.{name} has {len(value)} values; the images have "
-                                 f"{shape[0]} channel(s)")
+            if value is not None:  # frozen: the checked per-channel values replace the given
+                object.__setattr__(self, name, per_channel(f"AppFacts.{name}", value,
+                                                           shape[0], positive=name == "std"))
         if (self.mean is None) != (self.std is None):
             raise FactsError("AppFacts.mean and AppFacts.std go together (the pipeline's "
                              "Normalize(mean, std)); give both or neither")
-        if self.std is not None and min(self.std) <= 0:
-            raise FactsError(f"AppFacts.std {list(self.std)} must be positive")
         if len(tuple(self.pixel_range)) != 2:
             raise FactsError(f"AppFacts.pixel_range {list(self.pixel_range)} must be (low, high)")
         lo, hi = self.pixel_range
@@ -129,8 +132,32 @@ class AppFacts:
             "distinct_examples": int(examples) if examples is not None else 0,
             "effects": {"pixel_box": [float(v) for v in self.pixel_range]},
             "train_config": {k: _plain(v) for k, v in train_config.items()},
-            "facts": {k: _plain(v) for k, v in asdict(self).items()},
+            "app_facts": {k: _plain(v) for k, v in asdict(self).items()},
         }
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def per_channel(name: str, value, channels: int, positive: bool = False) -> tuple:
+    """A Normalize mean or std: one number for every channel, or one per channel. The same
+    rule and line for `AppFacts` and for `fedsim attack --mean/--std`."""
+    if _number(value):
+        values = [float(value)] * channels
+    elif (not isinstance(value, (str, bytes)) and isinstance(value, Iterable)
+          and all(_number(v) for v in list(value))):
+        values = [float(v) for v in value]
+    else:
+        raise FactsError(f"{name} {value!r} must be a number (for every channel) or one "
+                         f"number per channel")
+    if len(values) != channels:
+        raise FactsError(f"{name} has {len(values)} values; the images have {channels} "
+                         "channel(s): give one per channel, or one number for every channel")
+    if positive and min(values) <= 0:
+        raise FactsError(f"{name} {values} must be positive")
+    return tuple(values)
 
 
 def _plain(value):

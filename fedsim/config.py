@@ -21,8 +21,13 @@ from fedsim.data.datasets import LOADERS
 from fedsim.metrics.image import METRICS
 from fedsim.models import MODELS
 from fedsim.models.layers import NORMS
+from fedsim.observers import OBSERVERS as OBSERVER_REGISTRY
 
 DATA_NAMES = tuple(LOADERS)
+MAX_ROUNDS = 100_000     # federation.num_rounds: far beyond any experiment, and every
+                         # per-round list (schedules, metrics rows) stays small
+MAX_IMAGE_SIDE = 512     # data.image_shape height and width: a set and its model fit in memory
+SEED_LIMIT = 2**32       # seeds below it: what numpy, scikit-learn and torch all accept
 MODEL_NAMES = tuple(MODELS)
 MATCH_METRICS = (*METRICS, "lpips")
 
@@ -42,6 +47,8 @@ class DataConfig(_Section):
     root: Optional[str] = Field(
         default=None,
         description="cifar10: the folder holding cifar-10-batches-py (or that folder itself); "
+                    "fashion_mnist: the folder of its four idx .gz files (default "
+                    "/usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist); "
                     "folder: the image tree (root/<class>/<image>, or root/train and root/test)",
     )
     image_shape: Optional[list[int]] = Field(
@@ -58,9 +65,10 @@ class DataConfig(_Section):
             raise ValueError(f"data.image_shape applies to data.name 'folder' only ({self.name!r} "
                              "has a fixed shape)")
         shape = self.image_shape
-        if shape is not None and (len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) < 1):
+        if shape is not None and (len(shape) != 3 or shape[0] not in (1, 3)
+                                  or not all(1 <= side <= MAX_IMAGE_SIDE for side in shape[1:])):
             raise ValueError(f"data.image_shape {shape} must be [channels, height, width] with "
-                             "channels 1 or 3 and height, width at least 1")
+                             f"channels 1 or 3 and height, width in 1..{MAX_IMAGE_SIDE}")
         if self.name == "folder" and not self.root:
             raise ValueError("data.root is required for data.name 'folder' (one sub-folder of "
                              "images per class)")
@@ -84,7 +92,7 @@ class ModelConfig(_Section):
 
 class FederationConfig(_Section):
     num_clients: int = Field(default=2, ge=1, le=1000)
-    num_rounds: int = Field(default=3, ge=1)
+    num_rounds: int = Field(default=3, ge=1, le=MAX_ROUNDS)
     clients_per_round: Optional[int] = Field(default=None, ge=1, description="default: all")
     algorithm: Literal["fedsgd", "fedavg"] = "fedavg"
     local_epochs: int = Field(default=1, ge=1)
@@ -138,7 +146,7 @@ class KnowledgeConfig(_Section):
         return self
 
 
-OBSERVERS = ("server", "eavesdropper", "client", "wire")
+OBSERVERS = tuple(OBSERVER_REGISTRY)  # the observer registry's names (fedsim.observers)
 
 
 class EveryN(_Section):
@@ -147,14 +155,22 @@ class EveryN(_Section):
     every: int = Field(ge=1)
 
 
+# The attack optimiser's settings among AttackConfig's fields: the attacker's `Budget`
+# (attacker.problem), `fedsim attack`'s options and the Python API are built from these
+# fields, so each is defined once, here. The names `init`, `compile` and `distance` accept
+# are the attacker's registries' (checked by `lab.validation`).
+OPTIMISER_FIELDS = ("iterations", "lr", "tv_weight", "bn_weight", "restarts", "init",
+                    "batch_restarts", "compile", "distance", "signed")
+
+
 class AttackConfig(_Section):
     enabled: bool = False
     name: str = "inverting_gradients"
     observers: list[Literal[OBSERVERS]] = Field(
         default_factory=lambda: ["server"],
-        description="who attacks: the honest-but-curious server (every update it receives), "
-        "an eavesdropper on the wire, an honest-but-curious client (the aggregate only), "
-        "the proxy on a deployment's real network path (`wire`, fedsim deploy only)")
+        description="who attacks: " + "; ".join(
+            f"`{o.name}`, {o.description}" + (" (fedsim deploy only)" if o.deploy_only else "")
+            for o in OBSERVER_REGISTRY.values()))
     observer_client: int = Field(default=0, ge=0,
                                  description="the partition of the honest-but-curious client")
     rounds: Union[Literal["all"], list[int], EveryN] = Field(
@@ -169,18 +185,22 @@ class AttackConfig(_Section):
     tv_weight: float = Field(default=0.1, ge=0)
     bn_weight: float = Field(default=1e-2, ge=0)
     restarts: int = Field(default=1, ge=1)
-    init: Literal["randn", "rand", "zeros"] = "randn"
+    init: str = Field(default="randn", description="initial guess (attacker.problem.INITS)")
     batch_restarts: Literal["auto", "on", "off"] = Field(
         default="auto", description="vmap all restarts in one call (auto: CUDA or small models)")
-    compile: Literal["auto", "eager", "graph", "inductor", "cudagraph"] = Field(
-        default="auto", description="how attack steps run (attacker/engine.py; auto: "
+    compile: str = Field(
+        default="auto", description="how attack steps run (attacker.engine.MODES; auto: "
         "cudagraph on CUDA, inductor for small models over long runs, graph otherwise)")
-    distance: Optional[Literal["cosine", "layer_cosine", "l2"]] = Field(
-        default=None, description="gradient distance; unset: the attack's own (l2 for "
-        "dlg/idlg, one cosine over all parameters otherwise)")
+    distance: Optional[str] = Field(
+        default=None, description="gradient distance (attacker.distances.DISTANCES); unset: "
+        "the attack's own (l2 for dlg/idlg, one cosine over all parameters otherwise)")
     signed: Optional[bool] = Field(
         default=None, description="step on the sign of the image gradient; unset: the "
         "attack's own (no)")
+    group_size: Optional[int] = Field(
+        default=None, ge=1, le=1024, description="at most this many captures of one problem "
+        "shape inverted together in one optimisation (attacker.groups; 1: one at a time; "
+        "unset: from a memory estimate of the device, at most 64)")
     match_on: Literal[MATCH_METRICS] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
@@ -218,7 +238,8 @@ class SimulationConfig(_Section):
 class ExperimentConfig(_Section):
     name: str = Field(default="experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       max_length=100, description="run folder prefix: letters, digits, _ . -")
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT,
+                      description="below 2**32: numpy, scikit-learn and torch all take it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=1, ge=1, le=256, description="torch threads per process")
     output_dir: str = "runs"

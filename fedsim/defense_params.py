@@ -13,14 +13,23 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 
+POISSON_SAMPLED = frozenset({"dpsgd"})
+"""Defenses whose privacy accounting assumes Poisson-sampled batches: with one of them every
+process's batch oracle (`fedsim.experiment.Experiment.sampling`) draws Poisson batches, and
+the defense declares the effect `poisson_batches` on its uploads."""
+
+
 class DefenseParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # as strict as the rest of the config: `p = "0.9"` is an error, not a silent 0.9; no inf/nan
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class CentralDPParams(DefenseParams):
     side: Literal["server", "client"] = "server"
     noise_multiplier: float = Field(default=0.5, ge=0)
     clipping_norm: float = Field(default=1.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1,
+                         description="of the client-level epsilon the server reports")
 
 
 class SecAggPlusParams(DefenseParams):

@@ -18,6 +18,7 @@ import torch.nn as nn
 from fedsim.config import ConfigError, ExperimentConfig, from_dict
 from fedsim.data import Dataset, load_dataset, partition_indices
 from fedsim.data.batches import local_batches
+from fedsim.defense_params import POISSON_SAMPLED
 from fedsim.models import build_model
 
 
@@ -39,12 +40,19 @@ class Experiment:
         """State-dict keys in order: how Flower's legacy list of arrays maps to the model."""
         return list(self.new_model().state_dict())
 
+    @property
+    def sampling(self) -> str:
+        """How clients draw their local batches: "poisson" under a defense whose accounting
+        assumes it (DP-SGD), else "shuffle" (`fedsim.data.batches`)."""
+        return ("poisson" if any(d.name in POISSON_SAMPLED for d in self.cfg.defenses)
+                else "shuffle")
+
     def client_batches(self, server_round: int, partition_id: int) -> list[np.ndarray]:
         fed = self.cfg.federation
         return local_batches(
             self.partitions[partition_id], seed=self.cfg.seed, server_round=server_round,
             partition_id=partition_id, algorithm=fed.algorithm, batch_size=fed.batch_size,
-            local_epochs=fed.local_epochs, local_steps=fed.local_steps,
+            local_epochs=fed.local_epochs, local_steps=fed.local_steps, sampling=self.sampling,
         )
 
 

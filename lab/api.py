@@ -32,11 +32,13 @@ from attacker.problem import Budget, InversionResult
 from attacker.user_model import normalising
 from fedsim.app_facts import AppFacts
 from fedsim.capture import Capture
+from fedsim.capture_facts import build
 from fedsim.reply_capture import eavesdropper
-from lab.evaluator import save_grid as _save_grid
+from lab.grids import save_grid as _save_grid
 from lab.evaluator import score_images
 from lab.foreign import DEFAULT_ATTACK, ForeignSettings, attack_foreign, invert_capture
 from server.capture import capture_strategy
+from fedsim.record_keys import NUM_EXAMPLES
 
 __all__ = ["AppFacts", "capture_strategy", "eavesdropper", "client_update", "invert", "score",
            "save_grid", "attack_capture"]
@@ -87,10 +89,9 @@ def invert(model: nn.Module, update: dict[str, torch.Tensor], facts: AppFacts, *
     epochs), with `lr` and `local_batch_size` where the declaration leaves them open."""
     declared = dataclasses.replace(facts, lr=lr if lr is not None else facts.lr,
                                    batch_size=local_batch_size or facts.batch_size)
-    meta = declared.resolve({}, {"num-examples": batch_size})
     cap = Capture(round=0, partition_id=0, observer="api", kind=kind,
                   weights_before={k: v.detach().clone() for k, v in model.state_dict().items()},
-                  update=update, meta=meta)
+                  update=update, facts=build(declared.resolve({}, {NUM_EXAMPLES: batch_size})))
     settings = ForeignSettings(model="api", labels="known" if labels is not None else "restored",
                                device=device, seed=seed,
                                budget=Budget(iterations=iterations, **budget))
@@ -113,7 +114,7 @@ def save_grid(path: Union[str, Path], originals: torch.Tensor, reconstruction: t
               pairing: Optional[Sequence[int]] = None) -> Path:
     """Originals over their paired reconstructions (nearest-neighbour scaled when small)."""
     recon = reconstruction[list(pairing)] if pairing is not None else reconstruction
-    _save_grid(Path(path), originals, recon)
+    _save_grid(Path(path), recon, originals)
     return Path(path)
 
 

@@ -12,7 +12,13 @@ import datetime
 import ipaddress
 from pathlib import Path
 
+from fedsim.config import ConfigError
+
 NAMES = ("localhost", "superlink", "eavesdropper")
+
+
+class CertsError(ConfigError):
+    """The folder given to `fedsim certs` cannot hold the files (bad input: exit 2)."""
 
 
 def _name(common: str):
@@ -29,7 +35,16 @@ def make_certs(folder: Path, hosts: tuple[str, ...] = (), nodes: int = 0,
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if nodes < 0:
+        raise CertsError(f"fedsim certs: --nodes {nodes}: give 0 or more SuperNode key pairs")
+    if folder.exists() and not folder.is_dir():
+        raise CertsError(f"fedsim certs: {str(folder)!r} is a file; give a folder to write "
+                         "ca.pem, server.pem and their keys into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CertsError(f"fedsim certs: the folder {str(folder)!r} cannot be created "
+                         f"({err.strerror})") from None
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (x509.CertificateBuilder().subject_name(_name("fedsim CA")).issuer_name(_name("fedsim CA"))
@@ -62,8 +77,13 @@ def make_certs(folder: Path, hosts: tuple[str, ...] = (), nodes: int = 0,
     written = []
     for name, data in files.items():
         path = folder / name
-        path.write_bytes(data)
-        if name.endswith(".key"):
-            path.chmod(0o600)
+        try:
+            if name.endswith(".key"):  # private before a byte of the key is in it
+                path.touch(mode=0o600)
+                path.chmod(0o600)
+            path.write_bytes(data)
+        except OSError as err:
+            raise CertsError(f"fedsim certs: {str(path)!r} cannot be written "
+                             f"({err.strerror})") from None
         written.append(path)
     return written

@@ -14,88 +14,75 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-IMAGES = {"flwr/superlink": "flower-superlink", "flwr/supernode": "flower-supernode"}
-APP_ENTRYPOINT = "flower-superexec"  # the Dockerfile's
-_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)(?::-((?:[^}])*))?\}")
+from fedsim.config import ConfigError
+from lab.compose import Service, load_compose, read_env_file
+
 
 
 class DeployError(RuntimeError):
     """The deployment could not start or finish; the message says which part and why."""
 
 
-@dataclass
-class Service:
-    name: str
-    executable: str
-    args: list[str]
-    image: Optional[str] = None
-    profiles: list[str] = field(default_factory=list)
+class DeployInterrupted(Exception):
+    """SIGINT or SIGTERM ended the deployment; every process it started is stopped."""
 
-    @property
-    def listens(self) -> Optional[int]:
-        """The port it serves on (`--port N`, or a proxy's `--listen HOST:N`)."""
-        for flag in ("--port", "--listen"):
-            if flag in self.args:
-                return int(self.args[self.args.index(flag) + 1].rsplit(":", 1)[-1])
-        return None
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.name = signum, signal.Signals(signum).name
 
 
-def read_env_file(path: Optional[Path]) -> dict[str, str]:
-    """KEY=VALUE lines (compose's env-file format; # comments)."""
-    if path is None:
-        return {}
-    if not Path(path).is_file():
-        raise DeployError(f"--env-file {path}: no such file (deploy/ holds tls.env, "
-                          "auth.env, wire.env, tls-wire.env)")
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            out[key.strip()] = value.strip().strip('"')
-    return out
+class _StopOnSignals:
+    """SIGINT and SIGTERM, in the main thread, raise DeployInterrupted once; later ones are
+    ignored while the processes are being stopped. Inside `held()` (a process started but
+    not yet recorded) the signal waits for the section to end."""
 
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.holding = 0
+        self.pending = False
 
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR} and ${VAR:-default}."""
-    return _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
-
-
-def load_compose(path: Path, env: Optional[dict[str, str]] = None,
-                 profiles: tuple[str, ...] = ()) -> dict[str, Service]:
-    """The services (those without a profile, plus the named profiles'), commands filled."""
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text())
-    env = dict(env or {})
-    services = {}
-    for name, spec in data["services"].items():
-        svc_profiles = list(spec.get("profiles", []))
-        if svc_profiles and not set(svc_profiles) & set(profiles):
-            continue
-        command = spec.get("command", "")
-        args = (shlex.split(interpolate(command, env)) if isinstance(command, str)
-                else [interpolate(str(a), env) for a in command])
-        image = spec.get("image")
-        entry = spec.get("entrypoint")
-        if entry:
-            executable = entry[0] if isinstance(entry, list) else shlex.split(entry)[0]
-        elif image and image.split(":")[0] in IMAGES:
-            executable = IMAGES[image.split(":")[0]]
+    def __call__(self, signum, _frame) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if self.holding:
+            self.pending = True
         else:
-            executable = APP_ENTRYPOINT
-        services[name] = Service(name, executable, args, image, svc_profiles)
-    return services
+            raise DeployInterrupted(signum)
+
+    @contextmanager
+    def held(self):
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+        if self.pending and not self.holding:
+            self.pending = False
+            raise DeployInterrupted(self.signum)
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals belong to the main thread: its caller handles them
+            return
+        old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def free_port() -> int:
@@ -150,47 +137,70 @@ def wait_for_port(port: int, timeout_s: float, what: str, proc=None) -> None:
     raise DeployError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s:g} s")
 
 
-class LocalTopology:
-    """Start the services as processes (a context manager that stops every one of them)."""
+def _signal_group(pgid: int, sig) -> bool:
+    """Send `sig` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
 
-    def __init__(self, services: dict[str, Service], workdir: Path, env: dict[str, str]):
+
+class LocalTopology:
+    """Start the services as processes, each the leader of its own process group (a
+    context manager that stops every group: SIGTERM, then SIGKILL after a grace period)."""
+
+    def __init__(self, services: dict[str, Service], workdir: Path, env: dict[str, str],
+                 guard: Optional[_StopOnSignals] = None):
         self.services, self.workdir, self.env = services, Path(workdir), env
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: list = []
+        self.guard = guard or _StopOnSignals()
 
     def start(self, name: str, extra_env: Optional[dict] = None) -> subprocess.Popen:
         svc = self.services[name]
         exe = str(Path(sys.executable).parent / svc.executable)
-        log = open(self.workdir / f"{name}.log", "w")
-        self.logs.append(log)
         env = {k: v for k, v in {**self.env, **(extra_env or {})}.items() if v is not None}
-        proc = subprocess.Popen([exe if Path(exe).exists() else svc.executable, *svc.args],
-                                cwd=self.workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc
+        with self.guard.held():  # a signal now waits until the process is recorded
+            log = open(self.workdir / f"{name}.log", "w")
+            self.logs.append(log)
+            proc = subprocess.Popen([exe if Path(exe).exists() else svc.executable,
+                                     *svc.args], cwd=self.workdir, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = proc
         return proc
 
     def stop(self, name: str, sig=None) -> None:
-        import signal
+        """One service's process group (tests stop a SuperNode this way)."""
+        if name in self.procs:
+            self._stop_groups([self.procs[name]], sig or signal.SIGTERM)
 
-        proc = self.procs.get(name)
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig or signal.SIGTERM)
-            proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+    @staticmethod
+    def _stop_groups(procs: list, sig=signal.SIGTERM, grace_s: float = 10.0) -> None:
+        """`sig` to every group at once, then SIGKILL to the groups with a process left
+        after `grace_s` (a SuperExec's app processes are in its group)."""
+        for proc in procs:
+            _signal_group(proc.pid, sig)
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
                 pass
+        while time.monotonic() < deadline and any(_signal_group(p.pid, 0) for p in procs):
+            time.sleep(0.1)
+        for proc in procs:
+            if _signal_group(proc.pid, signal.SIGKILL):
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+        self._stop_groups(list(self.procs.values()))
         for log in self.logs:
             log.close()
 
@@ -220,6 +230,29 @@ def flwr_federation(home: Path, name: str, address: str,
                     f'address = "{address}"\n{security}')  # fresh: a rerun declares it once
 
 
+def submit_run(federation: str, folder: Path, env: dict, timeout_s: float,
+               run_config: Optional[str] = None) -> float:
+    """`flwr run ROOT FEDERATION --stream` to the end (output in FOLDER/flwr-run.log);
+    its seconds, or DeployError naming the log. The flwr beside this Python first (a
+    virtual environment not activated), else PATH's."""
+    extra = ["--run-config", run_config] if run_config else []
+    flwr = Path(sys.executable).parent / "flwr"
+    flwr = str(flwr) if flwr.exists() else "flwr"
+    started = time.monotonic()
+    try:
+        with open(Path(folder) / "flwr-run.log", "w") as log:
+            done = subprocess.run([flwr, "run", str(ROOT), federation, "--stream", *extra],
+                                  cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"the deployed run did not finish within {timeout_s:g} s; logs "
+                          f"in {folder}") from None
+    if done.returncode != 0:
+        raise DeployError(f"flwr run exited with status {done.returncode}; see "
+                          f"{Path(folder) / 'flwr-run.log'}")
+    return time.monotonic() - started
+
+
 ROOT = Path(__file__).resolve().parents[1]
 START_ORDER = ("superlink", "eavesdropper", "supernode-", "serverapp", "clientapp-")
 
@@ -232,6 +265,25 @@ class Deployment:
     wire: Optional[dict] = None  # the proxy's status (wire.json), when it was in the path
 
 
+def check_deployment(cfg, compose: Path = ROOT / "docker-compose.yml",
+                     env_file: Optional[Path] = None, wire: bool = False
+                     ) -> tuple[dict[str, str], int]:
+    """Everything a deployment's inputs can get wrong, before any folder is made: the env
+    file, and the compose file's SuperNodes against the experiment's clients. Returns the
+    compose variables and the number of SuperNodes."""
+    if not Path(compose).is_file():
+        raise ConfigError(f"{compose}: no such compose file")
+    env_vars = {**read_env_file(env_file)}
+    if wire:
+        env_vars["FLEET_ADDRESS"] = "eavesdropper"
+    nodes = sum(1 for k in load_compose(compose, env_vars) if k.startswith("supernode-"))
+    if nodes != cfg.federation.num_clients:
+        raise ConfigError(f"federation.num_clients = {cfg.federation.num_clients}, but "
+                          f"{Path(compose).name} has {nodes} SuperNodes; use an experiment "
+                          "with that many clients (experiments/deploy.toml)")
+    return env_vars, nodes
+
+
 def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml",
                  env_file: Optional[Path] = None, wire: bool = False,
                  certs: Optional[Path] = None, timeout_s: float = 600,
@@ -239,18 +291,27 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
     """The compose topology as processes on loopback, the experiment submitted with
     `flwr run`, then the compose file's attacker worker (`fedsim watch --once`) over the
     captures; the caller writes tables and report. `during(topology)` runs in a thread
-    while the run goes (tests stop a SuperNode from it)."""
-    import threading
+    while the run goes (tests stop a SuperNode from it). SIGINT or SIGTERM (when called
+    from the main thread) stops every process it started, then raises DeployInterrupted."""
+    env_vars, nodes = check_deployment(cfg, compose, env_file, wire)
+    try:
+        with _StopOnSignals().installed() as guard:
+            return _deploy(cfg, Path(run_dir), Path(compose), env_vars, nodes, wire, certs,
+                           timeout_s, during, attacker, guard)
+    except DeployInterrupted as stop:
+        stop.folder = deploy_folder(run_dir)  # the processes' logs
+        raise
 
-    env_vars = {**read_env_file(env_file)}
-    if wire:
-        env_vars["FLEET_ADDRESS"] = "eavesdropper"
-    nodes = sum(1 for k in load_compose(compose, env_vars) if k.startswith("supernode-"))
-    if nodes != cfg.federation.num_clients:
-        raise DeployError(f"federation.num_clients = {cfg.federation.num_clients}, but "
-                          f"{compose.name} has {nodes} SuperNodes; use an experiment with "
-                          "that many clients (experiments/deploy.toml)")
-    folder = Path(run_dir).parent / f"{Path(run_dir).name}-deploy"
+
+def deploy_folder(run_dir: Path) -> Path:
+    """RUN_DIR-deploy: the processes' logs, Flower's home and the SuperLink's state."""
+    return Path(run_dir).parent / f"{Path(run_dir).name}-deploy"
+
+
+def _deploy(cfg, run_dir: Path, compose: Path, env_vars: dict, nodes: int, wire: bool,
+            certs: Optional[Path], timeout_s: float, during, attacker: bool,
+            guard: _StopOnSignals) -> Deployment:
+    folder = deploy_folder(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     certs = Path(certs) if certs else folder / "certs"
     tls = "--ssl-certfile" in " ".join(env_vars.values())
@@ -270,7 +331,7 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
     link = services["superlink"]
     address = f"127.0.0.1:{link.listens}"
     flwr_federation(home, "fedsim-local", address, certs / "ca.pem" if tls else None)
-    with LocalTopology(services, folder, env) as topo:
+    with LocalTopology(services, folder, env, guard) as topo:
         for prefix in START_ORDER:
             for name in [n for n in services if n.startswith(prefix)]:
                 if auth and name == "supernode-0":  # the SuperLink admits registered keys
@@ -285,19 +346,7 @@ def deploy_local(cfg, run_dir: Path, compose: Path = ROOT / "docker-compose.yml"
                    if during else None)
         if watcher:
             watcher.start()
-        started = time.monotonic()
-        try:
-            with open(folder / "flwr-run.log", "w") as log:
-                done = subprocess.run(["flwr", "run", str(ROOT), "fedsim-local", "--stream"],
-                                      cwd=folder, env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise DeployError(f"the deployed run did not finish within {timeout_s:g} s; logs "
-                              f"in {folder}") from None
-        seconds = time.monotonic() - started
-        if done.returncode != 0:
-            raise DeployError(f"flwr run exited with status {done.returncode}; see "
-                              f"{folder / 'flwr-run.log'}")
+        seconds = submit_run("fedsim-local", folder, env, timeout_s)
         if attacker and "attacker" in services and cfg.attack.enabled:
             # the attacker worker of the compose file, once over the finished run's captures
             services["attacker"].args.append("--once")

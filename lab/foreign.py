@@ -9,26 +9,26 @@ statistics need them, in the order your client first used them.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
-from torchvision.utils import make_grid, save_image
 
 from attacker.attacks import ATTACKS
 from attacker.knowledge import Knowledge
-from attacker.priors import BNRecorder, bn_inputs_stats
+from attacker.priors import batch_bn_stats
 from attacker.problem import Budget
-from attacker.target import declared_data_size, functional_copy, observe
+from attacker.target import declared_data_size, observe
+from attacker.attacks.fedavg import local_schedule
 from attacker.user_model import user_model
-from fedsim.capture import Capture, capture_stem, load_capture
+from fedsim.app_facts import per_channel
+from fedsim.capture import Capture, CaptureError, load_capture, read_header
 from fedsim.config import ConfigError
 from fedsim.device import resolve_device
-from lab.evaluator import _free_stem, _scored_fields, save_grid, score_images
+from lab.evaluator import attacks_folder, keep_attack
+from fedsim.record_keys import NUM_EXAMPLES
 
 log = logging.getLogger("fedsim")
 
@@ -89,14 +89,88 @@ def load_originals(path: Path, image_shape: Sequence[int],
         got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise OriginalsError(f"--originals {path}: expected images of shape (N, "
                              f"{', '.join(map(str, image_shape))}), got {got}")
-    return x.float(), (y.long() if torch.is_tensor(y) else None)
+    x = x.float()
+    low, high = float(x.min()), float(x.max())
+    slack = 1e-3 * (hi - lo)
+    if low < lo - slack or high > hi + slack:
+        raise OriginalsError(f"--originals {path}: pixel values in [{low:.4g}, {high:.4g}], "
+                             f"outside the declared pixel range [{lo:g}, {hi:g}] (normalised "
+                             "images? give them as your pipeline reads them, before its "
+                             "Normalize, or declare their range with --pixel-range)")
+    return x, (y.long() if torch.is_tensor(y) else None)
+
+
+def examples_of(cap: Capture, settings: ForeignSettings) -> int:
+    """How many examples the attack reconstructs: the capture's declared count, or the
+    assumed --batch-size."""
+    if settings.batch_size != "known":
+        return int(settings.batch_size)
+    if not cap.facts.distinct_examples and NUM_EXAMPLES not in cap.facts.client_metrics:
+        raise CaptureError("the capture does not say how many examples the client trained on "
+                           "(no 'num-examples' metric in its reply): assume one with "
+                           "--batch-size N")
+    return declared_data_size(cap.facts, cap.kind)
+
+
+def check_attackable(path: Path, cap: Capture, name: str, settings: ForeignSettings,
+                     originals: Optional[torch.Tensor]) -> None:
+    """Before any work: the facts the attack needs are in the capture, and the originals
+    are as many as the examples it reconstructs."""
+    try:
+        size = examples_of(cap, settings)
+    except CaptureError as err:
+        raise CaptureError(f"{path}: {err}") from None
+    if name == "fedavg_replay":
+        try:
+            local_schedule(cap.facts, size)
+        except ValueError as err:
+            raise CaptureError(f"{path}: {err}") from None
+    if originals is not None and len(originals) != size:
+        says = ("the capture says the client trained on" if cap.facts.distinct_examples
+                or NUM_EXAMPLES in cap.facts.client_metrics else "the attack assumes")
+        raise OriginalsError(f"--originals holds {len(originals)} images, but {says} {size} "
+                             f"examples (give that client's {size} examples of round "
+                             f"{cap.round}, or --batch-size {len(originals)})")
+
+
+def partition_of(path: Path, cap: Capture) -> tuple[Optional[int], Optional[str]]:
+    """(partition, the capture that names it) of the client behind `cap`: its own record,
+    else another observer's capture of the same node in the same round (the eavesdropper
+    mod reads its node's partition-id; the server sees only node ids)."""
+    facts = cap.facts
+    if facts.partition is not None or facts.keyed_by == "partition":
+        own = facts.partition
+        return (int(own) if own is not None else cap.partition_id), Path(path).name
+    for other in sorted(Path(path).parent.glob("*.json")):
+        if other.stem == Path(path).stem:
+            continue
+        try:
+            theirs = read_header(other)["meta"]
+        except CaptureError:
+            continue
+        if facts.node_id is not None and theirs.node_id == facts.node_id \
+                and theirs.partition is not None:
+            return theirs.partition, other.name
+    return None, None
+
+
+def whose(record: dict) -> str:
+    """Which client's originals score an attack's capture, in words."""
+    node = record.get("node_id")
+    who = f"round {record['round']}, {record['observer']} capture" + (
+        f" of node {node}" if node is not None else "")
+    if record.get("partition") is None:
+        return (f"{who}: partition unknown (the client reports none; have it report "
+                "'partition-id' in its reply's metrics, or capture it with the eavesdropper "
+                "mod too)")
+    return (f"{who} = partition {record['partition']} (named by "
+            f"{record['partition_named_by']}): that partition's originals score it")
 
 
 def grant(settings: ForeignSettings, cap: Capture, model: torch.nn.Module,
           originals: Optional[torch.Tensor], true_labels: Optional[torch.Tensor]) -> Knowledge:
     """The knowledge settings, with your originals in the oracle's place."""
-    size = (declared_data_size(cap.meta, cap.kind) if settings.batch_size == "known"
-            else int(settings.batch_size))
+    size = examples_of(cap, settings)
     labels_mode = settings.labels or ("known" if true_labels is not None else "restored")
     if labels_mode == "known":
         if true_labels is None:
@@ -109,69 +183,53 @@ def grant(settings: ForeignSettings, cap: Capture, model: torch.nn.Module,
     if settings.bn_stats == "exact":
         if originals is None:
             raise OriginalsError("--bn-stats exact needs the originals (--originals)")
-        first = int((cap.meta.get("batch_sizes") or [cap.meta.get("batch_size") or size])[0])
-        clone = functional_copy(model)
-        rec = BNRecorder(clone)
-        with torch.no_grad():
-            clone(originals[:first].to(next(model.parameters()).device))
-        bn = bn_inputs_stats(rec.pop())
-        rec.close()
+        first = int((cap.facts.batch_sizes or [cap.facts.batch_size or size])[0])
+        bn = batch_bn_stats(model, originals[:first])
     return Knowledge(bn_stats=settings.bn_stats, labels_mode=labels_mode, batch_size=size,
                      labels=labels, bn_targets=bn)
-
-
-def _reconstruction_grid(path: Path, images: torch.Tensor) -> None:
-    """Reconstructions alone (no originals to show), scaled up like the scored grid."""
-    images = images.clamp(0, 1)
-    if images.shape[-1] < 32:
-        images = F.interpolate(images, scale_factor=32 // images.shape[-1], mode="nearest")
-    save_image(make_grid(images, nrow=min(16, len(images)), padding=2, pad_value=1.0), path)
 
 
 def attack_foreign(capture_path: Path, settings: ForeignSettings, out_dir: Path,
                    progress: bool = True) -> dict:
     """Invert one capture of your app; score it when originals are given. Writes
-    OUT/attacks/<stem>.png/.pt/.json and returns the record."""
+    OUT/attacks/<stem>.png/.pt/.json and a row in OUT/leakage.jsonl, and returns the
+    record (which names the client: node id and partition)."""
     cap = load_capture(capture_path)
-    meta = cap.meta
+    facts = cap.facts
+    channels = facts.image_shape[0]
     if settings.pixel_range is not None:
-        meta.setdefault("effects", {})["pixel_box"] = [float(v) for v in settings.pixel_range]
+        facts = facts.with_(effects={**facts.effects, "pixel_box": [
+            float(v) for v in settings.pixel_range]})
+    if (settings.mean is None) != (settings.std is None):
+        raise ConfigError("--mean and --std go together (your pipeline's Normalize)")
     if settings.mean is not None:
-        meta.update(mean=list(settings.mean), std=list(settings.std), normalised_input=True)
-    box = meta.get("effects", {}).get("pixel_box", [0.0, 1.0])
+        facts = facts.with_(mean=per_channel("--mean", settings.mean, channels),
+                            std=per_channel("--std", settings.std, channels, positive=True),
+                            normalised_input=True)
+    cap = replace(cap, facts=facts)  # the user's word over the capture's
+    box = facts.effects.get("pixel_box", [0.0, 1.0])
     name = settings.attack or DEFAULT_ATTACK.get(cap.kind, "inverting_gradients")
     if name not in ATTACKS:
         raise ConfigError(f"--attack {name!r} is not one of {sorted(ATTACKS)}")
-    originals, true_labels = (load_originals(settings.originals, meta["image_shape"], box)
+    originals, true_labels = (load_originals(settings.originals, facts.image_shape, box)
                               if settings.originals is not None else (None, None))
-    model = user_model(settings.model, cap.weights_before, meta)
+    check_attackable(Path(capture_path), cap, name, settings, originals)
+    partition, named_by = partition_of(capture_path, cap)
+    attacks_folder(out_dir)
+    model = user_model(settings.model, cap.weights_before, facts)
     result, knowledge = invert_capture(cap, model, settings, name, originals, true_labels,
                                        progress)
-    out = Path(out_dir) / "attacks"
-    out.mkdir(parents=True, exist_ok=True)
-    stem = _free_stem(out, f"round_{cap.round:03d}_{capture_stem(cap.observer, cap.partition_id)}"
-                           f"_{name}")
-    torch.save({"images": result.images, "labels": result.labels}, out / f"{stem}.pt")
-    record = {"round": cap.round, "partition_id": cap.partition_id, "observer": cap.observer,
-              "attack": name, "kind": cap.kind, "model": settings.model,
-              "knowledge": {"bn_stats": knowledge.bn_stats, "labels": knowledge.labels_mode,
-                            "batch_size": knowledge.batch_size},
-              "iterations": result.iterations, "match_loss": result.match_loss,
-              "seconds": result.seconds, "device": result.device, "engine": result.engine,
-              "found_labels": result.labels.tolist(), "capture": str(capture_path),
-              "grid": f"attacks/{stem}.png", "reconstruction": f"attacks/{stem}.pt"}
-    if originals is None:
-        _reconstruction_grid(out / f"{stem}.png", result.images)
-        record["unscored"] = ("no originals given (--originals): the reconstructions are "
-                              "written without scores")
-    else:
-        scores, matched_on, note = score_images(originals, true_labels, result.images,
-                                                result.labels, settings.match_on,
-                                                settings.lpips_net)
-        save_grid(out / f"{stem}.png", originals, result.images[scores["pairing"]])
-        record.update(_scored_fields(scores, matched_on, note))
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    return record
+    return keep_attack(Path(out_dir), cap, name, knowledge, result, originals, true_labels,
+                       settings.match_on, settings.lpips_net,
+                       fields={"node_id": facts.node_id, "partition": partition,
+                               "partition_named_by": named_by, "model": settings.model,
+                               "capture": _relative(capture_path, Path(out_dir))})
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """The capture as the record names it: relative to the run folder when inside it."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
 
 def invert_capture(cap: Capture, model: torch.nn.Module, settings: ForeignSettings, name: str,
@@ -184,7 +242,7 @@ def invert_capture(cap: Capture, model: torch.nn.Module, settings: ForeignSettin
     obs = observe(cap, resolve_device(settings.device),
                   model.to(resolve_device(settings.device)))
     knowledge = grant(settings, cap, obs.model, originals, true_labels)
-    _warn_if_approximate(cap.meta)
+    _warn_if_approximate(cap.facts)
     update, close = _progress_bar(settings.budget.iterations, f"{name} r{cap.round}", progress)
     try:
         result = ATTACKS[name](settings.budget).run(obs, knowledge, seed=settings.seed,
@@ -194,11 +252,10 @@ def invert_capture(cap: Capture, model: torch.nn.Module, settings: ForeignSettin
     return result, knowledge
 
 
-def _warn_if_approximate(meta: dict) -> None:
+def _warn_if_approximate(facts) -> None:
     """Shuffled batches over several epochs regroup the examples every epoch; the replay
     keeps the first epoch's grouping, so it is exact for one epoch only."""
-    if meta.get("shuffle") and int(meta.get("local_epochs") or 1) > 1 \
-            and not meta.get("batch_order"):
+    if facts.shuffle and (facts.local_epochs or 1) > 1:
         log.warning("the client shuffles over %s epochs: the replay assumes every epoch "
                     "visits the examples in the first epoch's order (approximate)",
-                    meta.get("local_epochs"))
+                    facts.local_epochs)

@@ -20,21 +20,25 @@ from pathlib import Path
 import torch
 from flwr.app import Context, Message
 
-from fedsim.capture import AGGREGATE, Capture, round_dir, save_capture
+from fedsim.capture import AGGREGATE, Capture, save_capture
+from fedsim.run_folder import RunFolder
 from fedsim.config import ExperimentConfig
+from fedsim.data.batches import round_examples
+from fedsim.experiment import experiment_for
 from fedsim.runtime import config_from_runtime, run_dir_from_runtime
 from fedsim.reply_capture import carries_update, eavesdropper, wire_round
 from server.capture import ServerCapture, declared_facts
+from fedsim.record_keys import NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND
 
 log = logging.getLogger("fedsim")
 
 
 def _round_of(msg: Message) -> int:
-    return int(msg.content["config"]["server-round"])
+    return int(msg.content["config"][SERVER_ROUND])
 
 
 def _is_train(msg: Message) -> bool:
-    return "config" in msg.content and "server-round" in msg.content["config"]
+    return "config" in msg.content and SERVER_ROUND in msg.content["config"]
 
 
 def eavesdropper_mod(msg: Message, context: Context, call_next) -> Message:
@@ -46,7 +50,7 @@ def eavesdropper_mod(msg: Message, context: Context, call_next) -> Message:
     rnd = wire_round(msg)
     if (not reply.has_error() and rnd is not None and writer.wants(rnd)
             and not carries_update(reply)):
-        pid = int(context.node_config["partition-id"])  # SecAgg+: masked shares on the wire
+        pid = int(context.node_config[PARTITION_ID])  # SecAgg+: masked shares on the wire
         writer.record(rnd, pid, "masked", {}, {}, note="masked SecAgg+ shares only")
     return reply
 
@@ -55,7 +59,7 @@ def client_observer(partition_id: int):
     """The mod for an honest-but-curious client on `partition_id`."""
 
     def mod(msg: Message, context: Context, call_next) -> Message:
-        if _is_train(msg) and int(context.node_config["partition-id"]) == partition_id:
+        if _is_train(msg) and int(context.node_config[PARTITION_ID]) == partition_id:
             cfg = config_from_runtime(context.run_config)
             _record_view(cfg, run_dir_from_runtime(cfg), _round_of(msg),
                          msg.content["arrays"].to_torch_state_dict())
@@ -67,10 +71,10 @@ def client_observer(partition_id: int):
 def _record_view(cfg: ExperimentConfig, run_dir: Path, rnd: int, weights: dict) -> None:
     """Keep the global model received in round `rnd`; with the previous one, write the
     client observer's capture of round `rnd - 1`."""
-    view = round_dir(run_dir, rnd) / "client_view_global.pt"
+    view = RunFolder(run_dir).client_view(rnd)
     view.parent.mkdir(parents=True, exist_ok=True)
     torch.save(weights, view)
-    prev_path = round_dir(run_dir, rnd - 1) / "client_view_global.pt"
+    prev_path = RunFolder(run_dir).client_view(rnd - 1)
     rounds = cfg.capture.rounds
     if not prev_path.is_file() or (rounds != "all" and rnd - 1 not in rounds):
         return
@@ -81,15 +85,19 @@ def _record_view(cfg: ExperimentConfig, run_dir: Path, rnd: int, weights: dict) 
         kind = "gradient"
         update = {k: (before[k] - weights[k]) / fed.lr for k in weights
                   if weights[k].is_floating_point()}
-        examples = per_round * fed.batch_size
     else:
         kind, update = "weights", weights
-        examples = per_round * fed.batch_size * (fed.local_steps or 1)
+    exp = experiment_for(cfg)  # the examples behind the aggregate, as FedAvg weighs them
+    examples = round(per_round / fed.num_clients * sum(
+        round_examples(len(p), algorithm=fed.algorithm, batch_size=fed.batch_size,
+                       local_epochs=fed.local_epochs, local_steps=fed.local_steps,
+                       sampling=exp.sampling) for p in exp.partitions))
     cap = Capture(round=rnd - 1, partition_id=AGGREGATE, observer="client", kind=kind,
                   weights_before=before, update=update,
-                  meta={**declared_facts(cfg), "partitions": list(range(fed.num_clients)),
-                        "observed_by": partition_id_note(cfg),
-                        "client_metrics": {"num-examples": examples}})
+                  facts=declared_facts(cfg).with_(
+                      partitions=list(range(fed.num_clients)),
+                      observed_by=partition_id_note(cfg),
+                      client_metrics={NUM_EXAMPLES: examples}))
     save_capture(run_dir, cap)
 
 
@@ -97,12 +105,14 @@ def partition_id_note(cfg: ExperimentConfig) -> str:
     return f"honest-but-curious client on partition {cfg.attack.observer_client}"
 
 
+# the client-mod observers of fedsim.observers, outermost first: the eavesdropper sees what
+# leaves the client after every other mod
+MODS = {
+    "eavesdropper": lambda cfg: eavesdropper_mod,
+    "client": lambda cfg: client_observer(cfg.attack.observer_client),
+}
+
+
 def observer_mods(cfg: ExperimentConfig) -> list:
-    """The mods for the configured observers, outermost first (the eavesdropper sees what
-    leaves the client after every other mod)."""
-    mods = []
-    if "eavesdropper" in cfg.attack.observers:
-        mods.append(eavesdropper_mod)
-    if "client" in cfg.attack.observers:
-        mods.append(client_observer(cfg.attack.observer_client))
-    return mods
+    """The mods for the configured observers that attach to the ClientApp."""
+    return [make(cfg) for name, make in MODS.items() if name in cfg.attack.observers]

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from attacker.knowledge import Knowledge
-from attacker.priors import BNRecorder, bn_inputs_stats
-from attacker.target import declared_data_size, functional_copy
+from attacker.priors import batch_bn_stats
+from attacker.target import declared_data_size
 from clients.defenses import build_defenses
 from clients.local import training_batches
 from fedsim.capture import AGGREGATE, Capture
@@ -23,7 +23,7 @@ from fedsim.experiment import Experiment
 def member_partitions(cap: Capture) -> list[int]:
     """The clients behind a capture: one, or all of a round's aggregate."""
     if cap.partition_id == AGGREGATE:
-        return list(cap.meta["partitions"])
+        return list(cap.facts.partitions)
     return [cap.partition_id]
 
 
@@ -37,31 +37,35 @@ def private_indices(exp: Experiment, cap: Capture) -> np.ndarray:
     return np.concatenate(out)
 
 
+def occurrence_indices(exp: Experiment, cap: Capture) -> np.ndarray:
+    """Train-set indices of every example of every local step, in step order (an example
+    drawn in two Poisson batches appears twice): what the replay's dummies stand for."""
+    return np.concatenate([idx for pid in member_partitions(cap)
+                           for idx in exp.client_batches(cap.round, pid)])
+
+
 def private_batch(exp: Experiment, cap: Capture) -> tuple[torch.Tensor, torch.Tensor]:
     """The original private images (in [0, 1]) and labels behind a capture."""
     idx = private_indices(exp, cap)
     return exp.dataset.x_train[idx], exp.dataset.y_train[idx]
 
 
-@torch.no_grad()
 def exact_bn_targets(exp: Experiment, cap: Capture, model: torch.nn.Module):
     """Per BatchNorm layer, mean and variance of its input on the first training batch the
     client actually fed the model (after its data-stage defenses)."""
     batches = training_batches(exp, cap.round, member_partitions(cap)[0],
                                build_defenses(exp.cfg), next(model.parameters()).device)
-    clone = functional_copy(model)
-    rec = BNRecorder(clone)
-    clone(batches[0][0])
-    stats = bn_inputs_stats(rec.pop())
-    rec.close()
-    return stats
+    return batch_bn_stats(model, next((x for x, _ in batches if len(x)), batches[0][0]))
 
 
 def training_labels(exp: Experiment, cap: Capture, count: int) -> torch.Tensor:
     """The labels the client trained with: hard labels, or the soft mixed labels of a
-    data-stage defense (MixUp, InstaHide), in first-use order."""
+    data-stage defense (MixUp, InstaHide), in first-use order; under Poisson sampling one
+    per example of every step, as the replay's dummies (`occurrence_indices`)."""
     defenses = build_defenses(exp.cfg)
     if not any(d.stage == "data" for d in defenses):
+        if exp.sampling == "poisson":
+            return exp.dataset.y_train[occurrence_indices(exp, cap)][:count]
         return private_batch(exp, cap)[1]
     labels = [y for pid in member_partitions(cap)
               for _, y in training_batches(exp, cap.round, pid, defenses, torch.device("cpu"))]
@@ -70,7 +74,7 @@ def training_labels(exp: Experiment, cap: Capture, count: int) -> torch.Tensor:
 
 def grant_knowledge(settings: KnowledgeConfig, exp: Experiment, cap: Capture,
                     model: torch.nn.Module) -> Knowledge:
-    declared = declared_data_size(cap.meta, cap.kind)
+    declared = declared_data_size(cap.facts, cap.kind)
     batch_size = declared if settings.batch_size == "known" else int(settings.batch_size)
     labels = training_labels(exp, cap, batch_size) if settings.labels == "known" else None
     bn = exact_bn_targets(exp, cap, model) if settings.bn_stats == "exact" else None

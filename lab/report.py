@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from fedsim.config import ExperimentConfig, load  # noqa: E402
 from fedsim.records import read_rows  # noqa: E402
+from fedsim.run_folder import RunFolder
 
 PAPER_ITERATIONS = 10_000
 MAX_GRIDS = 12  # attacks shown as grids (the worst-leaking first); all are in the tables
@@ -119,8 +120,9 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> tuple[str, str]:
 
 
 LEAKAGE_COLUMNS = [("round", "round"), ("observer", "observer"), ("partition_id", "client"),
-                   ("attack", "attack"), ("psnr", "PSNR dB"), ("ssim", "SSIM"),
-                   ("lpips", "LPIPS"), ("label_accuracy", "label acc."),
+                   ("attack", "attack"), ("psnr", "PSNR dB"), ("margin_psnr", "PSNR margin dB"),
+                   ("ssim", "SSIM"), ("margin_ssim", "SSIM margin"),
+                   ("lpips", "LPIPS"), ("verdict", "vs baseline"), ("label_accuracy", "label acc."),
                    ("round_global_accuracy", "global acc."), ("seconds", "seconds"),
                    ("device", "device")]
 COST_COLUMNS = [("attack", "attack"), ("device", "device"), ("batch", "batch"),
@@ -134,16 +136,74 @@ padding:3px 7px;text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;pa
 font-size:12px;max-height:30em;overflow:auto}img{max-width:100%}figure{margin:1.5em 0}"""
 
 
+SUMMARY_FIGURES = [("psnr", "PSNR dB"), ("margin_psnr", "PSNR margin over baseline dB"),
+                   ("ssim", "SSIM"), ("margin_ssim", "SSIM margin"), ("lpips", "LPIPS"),
+                   ("margin_lpips", "LPIPS margin")]
+BASELINE_NOTE = ("Each figure is the mean over attacked updates (one client's upload in one "
+                 "round; its images averaged first) with its 95% bootstrap interval and n; "
+                 "no interval below 5 updates. 'worst' is the most leaking update. A margin "
+                 "is the attack's score minus the best trivial baseline's (the data set's "
+                 "mean image, or the batch's mean colour as one constant image), paired the "
+                 "same way; positive means the attack recovered more than the baseline, and "
+                 "an update that does not beat it is marked 'no leak beyond baseline'.")
+
+
+def summary_rows(summary: list[dict]) -> list[dict]:
+    """The run's per-observer statistics as text cells: 'mean [low, high] (n=..)'."""
+    from lab.stats import Summary
+
+    rows = []
+    for row in summary:
+        out = {"observer": row["observer"], "attacks": row.get("attacks")}
+        for key, _ in SUMMARY_FIGURES:
+            stat = Summary.from_row(row, key)
+            digits = 2 if "psnr" in key else 3
+            out[key] = stat.text(digits, signed=key.startswith("margin"))
+            out[f"{key}_worst"] = (f"{stat.worst:.{digits}f}" if stat.worst is not None else None)
+        share = row.get("beats_baseline_share")
+        out["beats"] = f"{100 * float(share):.0f}%" if share not in (None, "") else None
+        rows.append(out)
+    return rows
+
+
+SUMMARY_COLUMNS = [("observer", "observer"), ("attacks", "attacked updates"),
+                   *[(k, h) for k, h in SUMMARY_FIGURES],
+                   ("psnr_worst", "worst PSNR dB"), ("beats", "beat the baseline")]
+
+
+def summary_lines(run_dir: Path) -> list[str]:
+    """The run summary's leakage lines, one per observer."""
+    from lab.stats import Summary
+    from lab.tables import summary_table
+
+    lines = []
+    for row in summary_table(run_dir):
+        psnr, margin = Summary.from_row(row, "psnr"), Summary.from_row(row, "margin_psnr")
+        lpips = Summary.from_row(row, "lpips")
+        share = row.get("beats_baseline_share")
+        beats = (f"; {round(float(share) * psnr.n)} of {psnr.n} beat the baseline"
+                 if share is not None else "")
+        lines.append(f"{row['observer']}: PSNR {psnr.text()} dB, worst {psnr.worst:.2f} dB; "
+                     f"margin over baseline {margin.text(signed=True)} dB{beats}; LPIPS {lpips.text(3)}")
+    return lines
+
+
+def verdict(row: dict) -> str:
+    if "beats_baseline" not in row:
+        return "-"
+    return "leaks" if row["beats_baseline"] else "no leak beyond baseline"
+
+
 def build_report(run_dir: Path) -> Path:
     """Write RUN_DIR/report.html and RUN_DIR/report.md; returns the HTML path."""
-    from fedsim.capture import load_capture
     from fedsim.experiment import experiment_for
+    from lab.evaluator import saved_attack
     from lab.oracle import private_batch  # the evaluator's privileged side
-    from lab.tables import leakage_table
+    from lab.tables import leakage_table, summary_table
 
     run_dir = Path(run_dir)
-    cfg = load(run_dir / "config.toml")
-    rounds = read_rows(run_dir / "metrics.jsonl")
+    cfg = load(RunFolder(run_dir).config)
+    rounds = read_rows(RunFolder(run_dir).metrics)
     leakage = [r for r in leakage_table(run_dir)]
     scored = [r for r in leakage if "psnr" in r and r.get("psnr") is not None]
     failed = [r for r in leakage if "error" in r]
@@ -160,9 +220,16 @@ def build_report(run_dir: Path) -> Path:
     html_parts.append(f"<p>{html.escape(threat)}</p><pre>{html.escape(cfg.to_toml())}</pre>")
     md += ["## Experiment and threat models", "", threat, ""]
 
+    html_parts.append("<h2>Leakage, per observer</h2>")
+    h, m = _table(summary_rows(summary_table(run_dir)), SUMMARY_COLUMNS)
+    html_parts.append(h + f"<p>{html.escape(BASELINE_NOTE)}</p>")
+    md += ["## Leakage, per observer", "", m, "", BASELINE_NOTE, ""]
+
     html_parts.append("<h2>Accuracy and leakage per round</h2>")
     uri = png_data_uri(curves_figure(rounds, scored))
     html_parts.append(f'<figure><img alt="accuracy and leakage per round" src="{uri}"></figure>')
+    for r in scored:
+        r["verdict"] = verdict(r)
     h, m = _table(scored + failed, LEAKAGE_COLUMNS + [("error", "error")])
     html_parts.append(h)
     md += ["## Accuracy and leakage per round", "", m, ""]
@@ -178,12 +245,11 @@ def build_report(run_dir: Path) -> Path:
     for r in sorted(scored, key=lambda r: -r["psnr"])[:MAX_GRIDS]:
         if "reconstruction" not in r:
             continue
-        detail = read_json(run_dir / r["result"])
-        saved = torch.load(run_dir / r["reconstruction"], weights_only=True)
-        originals, _ = private_batch(exp, load_capture(run_dir / r["capture"]))
+        saved = saved_attack(run_dir, r)  # inside the run folder only, no code run
+        originals, _ = private_batch(exp, saved.capture)
         caption = (f"round {r['round']}, {r['observer']}, client {r['partition_id']}: "
                    f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}")
-        uri = png_data_uri(grid_figure(originals, saved["images"], detail, names))
+        uri = png_data_uri(grid_figure(originals, saved.images, saved.record, names))
         html_parts.append(f'<figure><img alt="{html.escape(caption)}" src="{uri}">'
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         md += [f"- {caption}: `{r['grid']}`"]
@@ -200,61 +266,69 @@ def build_report(run_dir: Path) -> Path:
 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>fedsim report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(html_parts)}</body></html>")
-    (run_dir / "report.html").write_text(page)
-    (run_dir / "report.md").write_text("\n".join(md))
-    return run_dir / "report.html"
+    RunFolder(run_dir).report_html.write_text(page)
+    RunFolder(run_dir).report_md.write_text("\n".join(md))
+    return RunFolder(run_dir).report_html
 
 
-def read_json(path: Path) -> dict:
-    import json
+SWEEP_COLUMNS = [("label", "setting"), ("observer", "observer"),
+                 ("attacks", "attacked updates"), ("psnr", "PSNR dB"),
+                 ("psnr_worst", "worst PSNR dB"), ("margin_psnr", "PSNR margin over baseline"),
+                 ("psnr_diff", "PSNR vs baseline setting"), ("ssim", "SSIM"),
+                 ("lpips", "LPIPS"), ("lpips_diff", "LPIPS vs baseline setting"),
+                 ("label_accuracy", "label acc."), ("global_accuracy", "global acc. (seeds)"),
+                 ("accuracy_diff", "acc. vs baseline setting"), ("dp_epsilon", "DP epsilon"),
+                 ("dp_accounting", "DP accounting"),
+                 ("status", "status")]
+SWEEP_NOTE = ("Every figure is a mean with its 95% bootstrap interval and n: leakage over "
+              "attacked updates (all replicates pooled), accuracy over seeds (replicates). "
+              "'vs baseline setting' is the paired difference from the baseline setting "
+              "(marked *) over the same private batches (same seed, round and client), and "
+              "says 'within noise' where its interval contains 0.")
 
-    return json.loads(Path(path).read_text())
 
+def _text_row(row: dict) -> dict:
+    """A sweep_table row as text cells."""
+    from lab.stats import Comparison, Summary
 
-SWEEP_COLUMNS = [("label", "setting"), ("lpips", "LPIPS"), ("psnr", "PSNR dB"),
-                 ("psnr_worst", "worst PSNR dB"), ("ssim", "SSIM"),
-                 ("label_accuracy", "label acc."), ("global_accuracy", "global acc."),
-                 ("dp_epsilon", "DP epsilon"), ("attacks", "attacks"), ("status", "status")]
-
-
-def sweep_rows(root: Path) -> list[dict]:
-    """One row per cell: mean leakage over its attacks (and the worst PSNR), its final
-    global accuracy and DP epsilon, as in the paper's tables."""
-    import json
-
-    rows = []
-    for cell in json.loads((Path(root) / "cells.json").read_text()):
-        folder = Path(root) / cell["folder"]
-        row = {"cell": cell["cell"], "label": cell["label"], "folder": cell["folder"]}
-        if not (folder / "done.json").is_file():
-            rows.append({**row, "status": "not finished"})
-            continue
-        attacks = [r for r in read_rows(folder / "leakage.jsonl") if r.get("psnr") is not None]
-        metrics = [r for r in read_rows(folder / "metrics.jsonl") if "global_accuracy" in r]
-        row["status"] = "finished"
-        row["attacks"] = len(attacks)
-        for key in ("psnr", "ssim", "lpips", "label_accuracy"):
-            values = [a[key] for a in attacks if a.get(key) is not None]
-            row[key] = sum(values) / len(values) if values else None
-        row["psnr_worst"] = max((a["psnr"] for a in attacks), default=None)
-        row["global_accuracy"] = metrics[-1]["global_accuracy"] if metrics else None
-        eps = [r["dp_epsilon"] for r in read_rows(folder / "metrics.jsonl") if "dp_epsilon" in r]
-        row["dp_epsilon"] = eps[-1] if eps else None
-        rows.append(row)
-    return rows
+    out = {"label": row["label"] + (" *" if row["baseline"] else ""),
+           "observer": row["observer"] or "-", "attacks": row["attacks"]}
+    for key in ("psnr", "margin_psnr", "ssim", "lpips", "label_accuracy", "global_accuracy"):
+        out[key] = Summary.from_row(row, key).text(2 if "psnr" in key else 3,
+                                                    signed=key.startswith("margin"))
+    worst = row.get("psnr_worst")
+    out["psnr_worst"] = f"{worst:.2f}" if worst is not None else None
+    for figure, digits in (("psnr", 2), ("lpips", 3), ("accuracy", 3)):
+        c = Comparison.from_row(row, figure)
+        out[f"{figure}_diff"] = ("baseline" if row["baseline"] else
+                                 c.text(digits) if c.difference is not None else None)
+    eps = row.get("dp_epsilon")
+    out["dp_epsilon"] = f"{eps:.3g}" if eps is not None else None
+    out["dp_accounting"] = row.get("dp_accounting")
+    out["status"] = row["status"]
+    return out
 
 
 def tradeoff_figure(rows: list[dict]):
-    """Leakage against accuracy, one point per cell (the paper's trade-off figure)."""
+    """Leakage against accuracy, one point per setting with both intervals (the paper's
+    trade-off figure)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = [r for r in rows if r.get("psnr") is not None and r.get("global_accuracy") is not None]
+    points = [r for r in rows if r.get("psnr_mean") is not None
+              and r.get("global_accuracy_mean") is not None]
     for r in points:
-        ax.scatter(r["global_accuracy"], r["psnr"], s=30)
-        ax.annotate(r["label"], (r["global_accuracy"], r["psnr"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        x, y = r["global_accuracy_mean"], r["psnr_mean"]
+
+        def err(key, centre):
+            low, high = r.get(f"{key}_low"), r.get(f"{key}_high")
+            return [[centre - low], [high - centre]] if low is not None else None
+
+        ax.errorbar(x, y, xerr=err("global_accuracy", x), yerr=err("psnr", y), fmt="o",
+                    ms=5, capsize=3)
+        ax.annotate(r["label"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("global test accuracy after training (higher is better)")
     ax.set_ylabel("mean PSNR of reconstructions, dB (higher leaks more)")
-    ax.set_title(f"leakage against accuracy, {len(points)} settings", fontsize=10)
+    ax.set_title(f"leakage against accuracy, {len(points)} settings (95% intervals)",
+                 fontsize=10)
     return fig, len(points)
 
 
@@ -262,20 +336,26 @@ def build_sweep_report(root: Path) -> Path:
     """ROOT/report.html and report.md comparing the cells, and ROOT/sweep.csv."""
     from fedsim.records import write_csv
 
+    from fedsim.run_files import inside
+    from lab.sweep_stats import sweep_table
+
     root = Path(root)
-    rows = sweep_rows(root)
+    rows = sweep_table(root)
     write_csv(root / "sweep.csv", rows)
     fig, n_points = tradeoff_figure(rows)
     uri = png_data_uri(fig)
-    h, m = _table(rows, SWEEP_COLUMNS)
-    links = "".join(f"<li><a href='{r['folder']}/report.html'>{html.escape(r['label'])}</a></li>"
-                    for r in rows if r.get("status") == "finished")
+    h, m = _table([_text_row(r) for r in rows], SWEEP_COLUMNS)
+    h += f"<p>{html.escape(SWEEP_NOTE)}</p>"
+    m += "\n\n" + SWEEP_NOTE
+    links = "".join(f"<li><a href='{folder}/report.html'>{html.escape(r['label'])}</a></li>"
+                    for r in rows for folder in r["folders"].split()
+                    if inside(root, folder, "a cell's folder").joinpath("done.json").is_file())
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>fedsim sweep</title>"
             f"<style>{STYLE}</style></head><body><h1>fedsim sweep: {html.escape(root.name)}</h1>"
             f"<h2>Leakage against accuracy</h2><figure><img alt='trade-off' "
             f"data-points='{n_points}' src='{uri}'></figure><h2>Settings</h2>{h}"
             f"<h2>Cell reports</h2><ul>{links}</ul></body></html>")
-    (root / "report.html").write_text(page)
-    (root / "report.md").write_text("\n".join([f"# fedsim sweep: {root.name}", "",
+    RunFolder(root).report_html.write_text(page)
+    RunFolder(root).report_md.write_text("\n".join([f"# fedsim sweep: {root.name}", "",
                                                "## Settings", "", m, ""]))
-    return root / "report.html"
+    return RunFolder(root).report_html

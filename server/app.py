@@ -7,7 +7,6 @@ With secure aggregation the round runs on Flower's legacy SecAgg+ workflow inste
 
 from __future__ import annotations
 
-import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -18,7 +17,9 @@ from fedsim.runtime import config_from_runtime, run_dir_from_runtime
 from server.capture import ServerCapture
 from server.evaluation import RoundRecorder
 from server.transport import secure_workflow, wrap_strategy
-from server.strategy import FedSgdAwareFedAvg, ObservedStrategy, RoundFailed
+from server.round_policy import RoundFailed, connected_nodes
+from server.strategy import FedSgdAwareFedAvg, ObservedStrategy
+from fedsim.run_folder import RunFolder
 
 app = ServerApp()
 
@@ -30,15 +31,13 @@ class NodesMissing(RuntimeError):
 def wait_for_nodes(grid: Grid, needed: int, timeout_s: float) -> None:
     """Flower's strategies wait for their nodes forever, printing a line a second; this
     bounds the wait and says what to change, once."""
-    deadline = time.monotonic() + timeout_s
-    while (connected := len(list(grid.get_node_ids()))) < needed:
-        if time.monotonic() > deadline:
-            raise NodesMissing(
-                f"federation.num_clients = {needed} needs {needed} connected nodes, but "
-                f"{connected} connected within {timeout_s:g} s (federation.connect_timeout_s). "
-                f"With `flwr run . local`, give the federation that many: --federation-config "
-                f"\"num-supernodes={needed}\"")
-        time.sleep(0.5)
+    connected = connected_nodes(grid, needed, timeout_s)
+    if connected < needed:
+        raise NodesMissing(
+            f"federation.num_clients = {needed} needs {needed} connected nodes, but "
+            f"{connected} connected within {timeout_s:g} s (federation.connect_timeout_s). "
+            f"With `flwr run . local`, give the federation that many: --federation-config "
+            f"\"num-supernodes={needed}\"")
 
 
 def _log_to_run_folder(run_dir) -> None:
@@ -50,7 +49,9 @@ def _log_to_run_folder(run_dir) -> None:
     logger = logging.getLogger("fedsim")
     if any(getattr(h, "baseFilename", None) == target for h in logger.handlers):
         return
-    handler = logging.FileHandler(target)
+    from fedsim.records import RunLogHandler
+
+    handler = RunLogHandler(target)  # a failed write is said once, not once per line
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -60,9 +61,9 @@ def main(grid: Grid, context: Context) -> None:
     """The server's whole run; `app` serves it, and an orchestrator may wrap it."""
     cfg = config_from_runtime(context.run_config)
     run_dir = run_dir_from_runtime(cfg)
-    if not (run_dir / "config.toml").exists():  # a deployment: the attacker worker reads it
+    if not RunFolder(run_dir).config.exists():  # a deployment: the attacker worker reads it
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(cfg.to_toml())
+        RunFolder(run_dir).config.write_text(cfg.to_toml())
     _log_to_run_folder(run_dir)
     if hasattr(grid, "pull_interval"):  # Flower's in-memory grid polls replies every 0.1 s:
         grid.pull_interval = 0.01       # with fast local training that is half a round

@@ -16,7 +16,10 @@ from flwr.server.workflow import DefaultWorkflow
 
 from fedsim.capture import AGGREGATE
 from fedsim.experiment import Experiment
-from server.strategy import RoundFailed, sgd_step_arrays
+from server.evaluation import client_privacy
+from server.round_policy import RoundFailed, require_results, sgd_step_arrays
+from fedsim.record_keys import (
+    DP_EPSILON, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_ACCURACY, TRAIN_LOSS)
 
 
 def _weighted(results, key: str) -> float:
@@ -44,25 +47,25 @@ class AggregateCapturingFedAvg(LegacyFedAvg):
         causes = [f"{type(f).__name__}: {f}"[:200] for f in failures]
         if len(results) < self.min_results:
             self.recorder.record_train(server_round, None, len(results), causes)
-            raise RoundFailed(f"round {server_round}: {len(results)} of "
-                              f"{len(results) + len(failures)} clients returned a result "
-                              f"(federation.min_results = {self.min_results}); "
-                              + ("; ".join(causes) or "no client replied"))
+        require_results(server_round, len(results), len(results) + len(failures),
+                        self.min_results, causes)
         # identical in every result; SecAgg+ dequantises to float64: back to the model's dtypes
         aggregate = [np.asarray(a, dtype=b.dtype)
                      for a, b in zip(parameters_to_ndarrays(results[0][1].parameters), self._before)]
         kind = str(results[0][1].metrics.get("kind", "weights"))
-        metrics = {"train-loss": _weighted(results, "train-loss"),
-                   "train-accuracy": _weighted(results, "train-accuracy")}
-        self.recorder.record_train(server_round, metrics, len(results), causes)
+        metrics = {TRAIN_LOSS: _weighted(results, TRAIN_LOSS),
+                   TRAIN_ACCURACY: _weighted(results, TRAIN_ACCURACY)}
+        privacy = {int(r.metrics[PARTITION_ID]): client_privacy(r.metrics, r.metrics)
+                   for _, r in results if DP_EPSILON in r.metrics}
+        self.recorder.record_train(server_round, metrics, len(results), causes, privacy=privacy)
         update = self._as_state(aggregate)
         if kind == "gradient":
             update = {k: v for k, v in update.items() if k in self.param_keys}
         self.capture.record(
             server_round, AGGREGATE, kind, self._as_state(self._before), update,
             secure_aggregation=True,
-            partitions=sorted(int(r.metrics["partition-id"]) for _, r in results),
-            client_metrics={"num-examples": sum(r.num_examples for _, r in results)})
+            partitions=sorted(int(r.metrics[PARTITION_ID]) for _, r in results),
+            client_metrics={NUM_EXAMPLES: sum(r.num_examples for _, r in results)})
         if kind == "gradient":
             grads = {k: g for k, g in zip(self.keys, aggregate) if k in self.param_keys}
             new = sgd_step_arrays(dict(zip(self.keys, self._before)), grads,
@@ -84,7 +87,7 @@ def run_secure(grid, context, exp: Experiment, workflow, capture, recorder) -> N
         exp=exp, capture=capture, recorder=recorder,
         fraction_fit=per_round / fed.num_clients, min_fit_clients=per_round,
         min_available_clients=fed.num_clients, fraction_evaluate=0.0, min_evaluate_clients=0,
-        evaluate_fn=evaluate_fn, on_fit_config_fn=lambda rnd: {"server-round": rnd},
+        evaluate_fn=evaluate_fn, on_fit_config_fn=lambda rnd: {SERVER_ROUND: rnd},
         initial_parameters=ndarrays_to_parameters(
             [v.numpy() for v in exp.new_model().state_dict().values()]),  # in `keys` order
     )

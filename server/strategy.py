@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable, Optional
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedsim.reply_capture import config_of
+from server.evaluation import client_privacy
+from server.round_policy import (NodeSnapshot, RoundFailed, connected_node_ids, require_results,
+                                 sgd_step)
+from fedsim.records import DiskFull
+from fedsim.record_keys import DP_EPSILON, PARTITION_ID, TRAIN_ACCURACY
 
 ReplyObserver = Callable[[int, ArrayRecord, Message, dict], None]
 
-
-
-class RoundFailed(RuntimeError):
-    """A round ended with fewer successful client results than `min_results`."""
 
 
 def failure_causes(replies: list[Message]) -> list[str]:
@@ -57,7 +57,8 @@ class FedSgdAwareFedAvg(FedAvg):
                         grid: Grid) -> Iterable[Message]:
         self._weights_before = {server_round: arrays}
         wanted = self.min_train_nodes
-        available = self._wait_for_nodes(grid, wanted)
+        grid = NodeSnapshot(grid, connected_node_ids(grid, wanted, self.node_wait_s))
+        available = len(grid.get_node_ids())
         self._missing = [f"{wanted - available} of {wanted} nodes not connected at the start "
                          f"of round {server_round} (waited {self.node_wait_s:g} s)"
                          ] if available < wanted else []
@@ -74,34 +75,29 @@ class FedSgdAwareFedAvg(FedAvg):
                 self.min_train_nodes, self.min_available_nodes, self.fraction_train = saved
         return super().configure_train(server_round, arrays, config, grid)
 
-    def _wait_for_nodes(self, grid: Grid, wanted: int) -> int:
-        """Connected nodes, after waiting at most node_wait_s for `wanted` of them (Flower's
-        sampling would wait forever for a node that is gone)."""
-        import time
-
-        deadline = time.monotonic() + self.node_wait_s
-        while (count := len(list(grid.get_node_ids()))) < wanted and time.monotonic() < deadline:
-            time.sleep(0.5)
-        return count
-
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         causes = failure_causes(replies)
         results = len(replies) - len(causes)
         causes = self._missing + causes
+        ok = [m for m in replies if not m.has_error() and "metrics" in m.content]
+        weights = [float(m.content["metrics"].get(self.weighted_by_key, 0.0)) for m in ok]
+        if results and not sum(weights):
+            raise RoundFailed(f"round {server_round}: every client reported "
+                              f"{self.weighted_by_key} = 0 (each drew only empty Poisson "
+                              "batches): nothing to average; raise federation.batch_size")
         arrays, metrics = (super().aggregate_train(server_round, replies) if results
                            else (None, None))
         if self.on_train_metrics is not None:
-            per_client = {int(m.content["metrics"]["partition-id"]):
-                          float(m.content["metrics"]["train-accuracy"])
-                          for m in replies if not m.has_error() and "metrics" in m.content
-                          and "train-accuracy" in m.content["metrics"]}
-            self.on_train_metrics(server_round, metrics, results, causes, per_client)
-        if results < self.min_results:
-            raise RoundFailed(
-                f"round {server_round}: {results} of {len(replies)} clients returned a result "
-                f"(federation.min_results = {self.min_results}); "
-                + ("; ".join(causes) if causes else "no client replied"))
+            per_client = {int(m.content["metrics"][PARTITION_ID]):
+                          float(m.content["metrics"][TRAIN_ACCURACY])
+                          for m in ok if TRAIN_ACCURACY in m.content["metrics"]}
+            privacy = {int(m.content["metrics"][PARTITION_ID]): client_privacy(
+                           m.content["metrics"], m.content.config_records.get("update", {}))
+                       for m in ok if DP_EPSILON in m.content["metrics"]}
+            self.on_train_metrics(server_round, metrics, results, causes, per_client,
+                                  privacy=privacy, weights=weights)
+        require_results(server_round, results, len(replies), self.min_results, causes)
         if arrays is not None and self.algorithm == "fedsgd":
             arrays = sgd_step(self._weights_before[server_round], arrays, self.server_lr)
         return arrays, metrics
@@ -136,6 +132,8 @@ class ObservedStrategy(Strategy):
                 try:
                     self.on_reply(server_round, self._sent[server_round], msg,
                                   self._configs.get(int(msg.metadata.src_node_id), {}))
+                except DiskFull:  # fedsim's own capture, out of space: the run stops
+                    raise
                 except Exception as err:  # noqa: BLE001 - observing never stops training
                     logging.getLogger("fedsim").error(
                         "round %d: the capture of node %s failed: %r", server_round,
@@ -150,17 +148,3 @@ class ObservedStrategy(Strategy):
 
     def summary(self) -> None:
         self.inner.summary()
-
-
-def sgd_step_arrays(weights: dict[str, np.ndarray], mean_grad: dict[str, np.ndarray],
-                    lr: float) -> dict[str, np.ndarray]:
-    """w - lr * g for every entry that has a gradient (in w's dtype); buffers pass through."""
-    return {k: (w - lr * mean_grad[k]).astype(w.dtype) if k in mean_grad else w
-            for k, w in weights.items()}
-
-
-def sgd_step(weights: ArrayRecord, mean_grad: ArrayRecord, lr: float) -> ArrayRecord:
-    """`sgd_step_arrays` on Flower ArrayRecords."""
-    new = sgd_step_arrays({k: a.numpy() for k, a in weights.items()},
-                          {k: a.numpy() for k, a in mean_grad.items()}, lr)
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})

@@ -20,6 +20,18 @@ def tiny_config(tmp_path, **sections):
     return check_registries(from_dict(base))
 
 
+def captured_run(tmp_path):
+    """A run folder (config.toml) holding one FedSGD capture of a digit: (folder, capture)."""
+    from fedsim.capture import save_capture
+    from lab.orchestration.inprocess import local_capture
+
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    return run_dir, save_capture(run_dir, local_capture(cfg))
+
+
 def processes(cmd_has: str = "", env_has: str = "", cmd_starts: str = "") -> list[tuple[int, str]]:
     """(pid, command line) of the processes whose command line contains `cmd_has` and
     starts with `cmd_starts`, and whose environment contains `env_has`: how tests find

@@ -10,6 +10,8 @@ from fedsim.app_facts import AppFacts, FactsError
     ({"image_shape": (3, 32)}, "AppFacts.image_shape"),
     ({"num_classes": 1}, "AppFacts.num_classes"),
     ({"mean": (0.5,), "std": (0.25,)}, "AppFacts.mean has 1 values"),
+    ({"mean": "0.5", "std": 0.25}, "AppFacts.mean '0.5' must be a number"),
+    ({"mean": 0.5, "std": 0.0}, "AppFacts.std .* must be positive"),
     ({"mean": (0.5, 0.5, 0.5)}, "AppFacts.mean and AppFacts.std go together"),
     ({"pixel_range": (1.0, 0.0)}, "AppFacts.pixel_range"),
     ({"momentum": 1.5}, "AppFacts.momentum"),
@@ -19,7 +21,7 @@ from fedsim.app_facts import AppFacts, FactsError
     ({"model": "no_colon"}, "AppFacts.model"),
 ])
 def test_bad_declarations_name_the_field(fields, named):
-    with pytest.raises(FactsError, match=named.replace(".", r"\.")):
+    with pytest.raises(FactsError, match=named.replace("AppFacts.", r"AppFacts\.")):
         AppFacts(**{"image_shape": (3, 32, 32), "num_classes": 3, **fields})
 
 
@@ -40,3 +42,12 @@ def test_facts_load_from_toml(tmp_path):
     path.write_text('image_shape = [1, 28, 28]\nnum_classes = 10\nmomentm = 0.9\n')
     with pytest.raises(FactsError, match="unknown field.*momentm"):
         AppFacts.from_toml(path)
+
+
+def test_one_number_normalises_every_channel():
+    """As `fedsim attack --mean 0.45 --std 0.25` (tests/test_own_app.py checks both say the
+    same for a wrong count)."""
+    facts = AppFacts(image_shape=(3, 8, 8), num_classes=4, mean=0.45, std=0.25)
+    assert (facts.mean, facts.std) == ((0.45,) * 3, (0.25,) * 3)
+    meta = facts.resolve({}, {})
+    assert meta["mean"] == [0.45] * 3 and meta["normalised_input"] is True

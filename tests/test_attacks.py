@@ -143,8 +143,8 @@ def _fedavg_capture(tmp_path):
     res = train_round(exp, before, 1, 0, [], torch.device("cpu"))
     from server.capture import declared_facts
 
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples}}
-    return exp, Capture(1, 0, "server", "weights", before, res.update, meta)
+    facts = declared_facts(cfg).with_(client_metrics={"num-examples": res.num_examples})
+    return exp, Capture(1, 0, "server", "weights", before, res.update, facts)
 
 
 def test_fedavg_replay_beats_naive_baseline(tmp_path):
@@ -310,7 +310,7 @@ def test_replay_follows_a_short_last_batch(tmp_path):
                       federation={"algorithm": "fedavg", "local_steps": 2, "batch_size": 5,
                                   "lr": 0.5})
     cap = local_capture(cfg)
-    assert cap.meta["batch_sizes"] == [5, 2] and cap.meta["distinct_examples"] == 7
+    assert cap.facts.batch_sizes == (5, 2) and cap.facts.distinct_examples == 7
     obs = observe(cap)
     x, y = private_batch(experiment_for(cfg), cap)
     attack = ATTACKS["fedavg_replay"](Budget(tv_weight=0.0))
@@ -327,7 +327,7 @@ def test_replay_wrapping_past_the_partition_runs(tmp_path):
                       federation={"algorithm": "fedavg", "local_steps": 3, "batch_size": 5,
                                   "lr": 0.5})
     cap = local_capture(cfg)
-    assert cap.meta["batch_sizes"] == [5, 2, 5]
+    assert cap.facts.batch_sizes == (5, 2, 5)
     k = Knowledge(labels_mode="restored", batch_size=7)
     result = ATTACKS["fedavg_replay"](Budget(iterations=5)).run(observe(cap), k)
     assert result.images.shape[0] == 7 and torch.isfinite(torch.tensor(result.match_loss))

@@ -34,7 +34,8 @@ def test_fedsim_attack_rejects_bad_option_and_missing_capture(tmp_path, capsys):
     (run_dir / "config.toml").write_text(cfg.to_toml())
     (folder / "server_client_000.pt").write_bytes(b"")
     (folder / "server_client_000.json").write_text(json.dumps(
-        {"round": 1, "partition_id": 0, "observer": "server", "kind": "weights", "meta": {}}))
+        {"round": 1, "partition_id": 0, "observer": "server", "kind": "weights",
+         "meta": {"image_shape": [1, 8, 8], "num_classes": 10}}))
     code = main(["attack", str(folder / "server_client_000.pt"), "--attack", "nope"])
     assert code == 2 and "attack.name 'nope'" in capsys.readouterr().err
     assert main(["attack", str(folder / "server_client_009.pt")]) == 2
@@ -57,7 +58,8 @@ def test_a_failing_attack_is_recorded_and_the_others_still_run(tmp_path, monkeyp
     from lab.orchestration import attacks as orchestration
 
     cfg = tiny_config(tmp_path, federation={"num_clients": 2, "algorithm": "fedsgd", "batch_size": 1},
-                      attack={"enabled": True, "clients": [0, 1], "iterations": 5})
+                      attack={"enabled": True, "clients": [0, 1], "iterations": 5,
+                              "group_size": 1})  # one at a time: attack_capture each
     run_dir = tmp_path / "run"
     for pid in (0, 1):
         save_capture(run_dir, local_capture(cfg, partition_id=pid))
@@ -86,7 +88,7 @@ def test_reused_run_folder_is_refused_unless_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="already holds files.*--overwrite"):
         prepare_run_dir(cfg, run_dir)
     prepare_run_dir(cfg, run_dir, overwrite=True)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.toml"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.toml", "run.lock"]
 
 
 def test_repeated_attack_keeps_both_results(tmp_path):
@@ -145,7 +147,7 @@ def test_a_capture_file_that_would_run_code_is_refused(tmp_path):
 def test_failed_attacks_set_their_own_exit_status(capsys):
     from types import SimpleNamespace
 
-    from lab.cli import exit_status
+    from lab.commands.common import exit_status
 
     ok = {"round": 1, "psnr": 12.0}
     assert exit_status(SimpleNamespace(client_failures={}, attacks=[ok])) == 0
@@ -154,3 +156,31 @@ def test_failed_attacks_set_their_own_exit_status(capsys):
                              attacks=[ok, {"round": 3, "error": "MemoryError()"}])
     assert exit_status(failed) == 4
     assert "attack failures: 1 of 2 (rounds 3" in capsys.readouterr().err
+
+
+def test_fedsim_attack_on_a_run_folder_attacks_every_scheduled_capture_grouped(tmp_path,
+                                                                               capsys):
+    """`fedsim attack RUN_DIR`: the scheduled captures (rounds 1, clients 0-2; client 3's
+    capture is not scheduled), inverted in one group, one line counting them, exit 0; the
+    rows name the group in their engine."""
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 1,
+                                            "num_clients": 4},
+                      attack={"tv_weight": 0.0, "signed": True, "lr": 0.3, "rounds": [1],
+                              "clients": [0, 1, 2], "group_size": 3, "compile": "eager"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    for pid in range(4):
+        save_capture(run_dir, local_capture(cfg, 1, pid))
+    assert main(["attack", str(run_dir), "--iterations", "100"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"3 attacks: 3 scored, 0 failed, 0 skipped; rows in {run_dir / 'leakage.jsonl'}")
+    rows = [json.loads(x) for x in (run_dir / "leakage.jsonl").read_text().splitlines()]
+    assert sorted(r["partition_id"] for r in rows) == [0, 1, 2]
+    assert all(r["engine"].endswith("+group3") for r in rows)
+    assert min(r["psnr"] for r in rows) > 25  # batch 1, no TV: each digit comes back
+
+
+def test_fedsim_attack_on_a_folder_that_is_not_a_run_folder_is_one_line(tmp_path, capsys):
+    assert main(["attack", str(tmp_path)]) == 2
+    assert "holds no config.toml: not a fedsim run folder" in capsys.readouterr().err

@@ -77,6 +77,10 @@ def test_every_shipped_experiment_file_is_valid():
     ({"name": "../x"}, "field 'name'"),
     ({"capture": {"rounds": [1, 99, -3]}}, "capture.rounds entry 99"),
     ({"attack": {"enabled": True, "clients": []}}, "attack.clients"),
+    ({"seed": 2**63 - 1}, "field 'seed'"),  # scikit-learn's random_state message before
+    ({"seed": 2**32}, "less than 4294967296"),
+    ({"data": {"name": "folder", "root": "x", "image_shape": [3, 60000, 60000]}},
+     "data.image_shape"),  # a MemoryError building the model before
 ])
 def test_values_that_used_to_pass_silently_are_refused(data, needle):
     with pytest.raises(ConfigError) as err:
@@ -135,3 +139,94 @@ def test_every_shipped_sweep_file_is_valid():
     for path in files:
         name, cells = load_sweep(path)
         assert cells and name
+
+
+def test_a_billion_rounds_is_refused_before_any_list_of_them_is_built(tmp_path):
+    """federation.num_rounds has a maximum, checked before the schedules are expanded: a
+    billion rounds with every round attacked and captured was a MemoryError. Run in a child
+    whose address space is capped, so a regression fails the test instead of the machine."""
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys\n"
+        "from fedsim.config import ConfigError, from_dict\n"
+        "used = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    from_dict({'federation': {'num_rounds': 10**9}, 'capture': {'rounds': 'all'},\n"
+        "               'attack': {'enabled': True, 'rounds': 'all'}})\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip()
+    assert "federation.num_rounds" in line and "100000" in line and "\n" not in line
+
+
+def test_a_capture_volume_beyond_the_free_disk_is_refused(tmp_path, monkeypatch, capsys):
+    """capture.rounds = "all" stores the global weights and every client's update of every
+    round: when that is more than the output folder's disk holds, config check says so in
+    one line naming the fields, before any data is loaded."""
+    import shutil
+
+    from lab.cli import main
+    from lab.validation import validate
+
+    huge = tmp_path / "huge.toml"
+    huge.write_text(from_dict({
+        "output_dir": str(tmp_path / "runs"), "data": {"name": "natural32"},
+        "model": {"name": "resnet18", "width": 64},
+        "federation": {"num_rounds": 100000}}).to_toml())  # ~13 TB of captures
+    assert main(["config", "check", str(huge)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "capture.rounds" in err and "federation.num_rounds" in err and "\n" not in err
+    assert "TB" in err and "free" in err
+
+    small = from_dict({"output_dir": str(tmp_path / "runs"), "device": "cpu",
+                       "federation": {"num_rounds": 50}})
+    validate(small)  # a few MB: fine
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=200_000))
+    with pytest.raises(ConfigError, match=r"capture\.rounds.*federation\.num_rounds"):
+        validate(small)
+    listed = from_dict({**small.to_dict(), "capture": {"rounds": [1]}})
+    validate(listed)  # one captured round (about 100 kB) fits in 200 kB
+
+
+@pytest.mark.parametrize("below, needle", [("", "is a file"), ("sub", "cannot be created")])
+def test_certs_into_a_file_is_one_line(tmp_path, capsys, below, needle):
+    from lab.cli import main
+
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / below if below else tmp_path / "a-file"
+    assert main(["certs", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and str(target) in err and "\n" not in err
+    assert main(["certs", str(tmp_path / "certs"), "--nodes", "-1"]) == 2
+    assert "--nodes -1" in capsys.readouterr().err and not (tmp_path / "certs").exists()
+    assert main(["certs", str(tmp_path / "certs"), "--nodes", "1"]) == 0  # and a folder works
+    assert oct((tmp_path / "certs" / "supernode-0.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_attack_names_come_from_the_attackers_registries(tmp_path):
+    """init, compile and distance accept exactly the attacker's registered names, and the
+    Budget is the [attack] section's optimiser fields, defaults included."""
+    import pytest
+
+    from attacker.distances import DISTANCES
+    from attacker.engine import MODES
+    from attacker.problem import INITS, Budget, budget_of
+    from fedsim.config import OPTIMISER_FIELDS, AttackConfig, ConfigError
+    from tests.helpers import tiny_config
+
+    for field, allowed in (("init", INITS), ("compile", MODES), ("distance", DISTANCES)):
+        for name in allowed:
+            tiny_config(tmp_path, attack={field: name})
+        with pytest.raises(ConfigError, match=rf"attack\.{field} 'nope' is not one of"):
+            tiny_config(tmp_path, attack={field: "nope"})
+    assert Budget().model_dump() == AttackConfig().model_dump(include=set(OPTIMISER_FIELDS))
+    a = AttackConfig(iterations=7, lr=0.3, init="zeros")
+    assert budget_of(a).model_dump() == a.model_dump(include=set(OPTIMISER_FIELDS))

@@ -111,3 +111,25 @@ def test_cifar_loader_names_a_truncated_file(tmp_path):
     (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:50])
     with pytest.raises(DataFormatError, match="test_batch is not a readable CIFAR-10 batch"):
         load_dataset("cifar10", root=str(folder), seed=12)
+
+
+def test_round_examples_is_what_the_batches_hold():
+    """The examples a client reports per round, known without drawing: the one count the
+    SecAgg+ weight bound and the client observer's aggregate both use."""
+    import numpy as np
+
+    from fedsim.data.batches import local_batches, round_examples
+
+    for n, kwargs in [(37, dict(algorithm="fedavg", batch_size=8, local_steps=7)),
+                      (37, dict(algorithm="fedavg", batch_size=8, local_epochs=2)),
+                      (5, dict(algorithm="fedsgd", batch_size=8)),
+                      (40, dict(algorithm="fedavg", batch_size=8, local_steps=3))]:
+        batches = local_batches(np.arange(n), seed=1, server_round=2, partition_id=0, **kwargs)
+        assert round_examples(n, **kwargs) == sum(len(b) for b in batches), (n, kwargs)
+    poisson = [sum(len(b) for b in local_batches(np.arange(200), seed=s, server_round=1,
+                                                 partition_id=0, algorithm="fedavg",
+                                                 batch_size=10, local_steps=5,
+                                                 sampling="poisson")) for s in range(400)]
+    expected = round_examples(200, algorithm="fedavg", batch_size=10, local_steps=5,
+                              sampling="poisson")
+    assert expected == 50 and abs(np.mean(poisson) - expected) < 4 * np.std(poisson) / 20

@@ -7,7 +7,9 @@ import torch
 
 from clients.local import train_round
 from fedsim.capture import list_captures, load_capture
+from fedsim.defense_params import CentralDPParams
 from fedsim.experiment import experiment_for
+from fedsim.privacy import rdp_epsilon
 from lab.orchestration.simulation import run_simulation
 from tests.helpers import tiny_config
 
@@ -28,6 +30,17 @@ def test_flower_dp_run_completes_and_changes_what_leaves_the_client(tmp_path, de
                       defenses=[defense], capture={"rounds": [1]})
     result = run_simulation(cfg)
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
+    # the epsilon each round's row reports, and what it bounds
+    p = {**CentralDPParams().model_dump(), **defense["params"]}
+    spent = [(r["dp_epsilon"], r["dp_delta"], r["dp_accounting"]) for r in result.rounds[1:]]
+    if defense["name"] == "flower_local_dp":  # basic composition of the per-round budget
+        assert [s[0] for s in spent] == [5.0, 10.0]
+        assert [s[1] for s in spent] == pytest.approx([1e-5, 2e-5])
+        assert spent[0][2].startswith("client-level local DP")
+    else:  # equal weights (3 steps of 16 each): z per round, RDP without amplification
+        assert [s[0] for s in spent] == pytest.approx(
+            [rdp_epsilon([(p["noise_multiplier"], 1.0, r)], p["delta"]) for r in (1, 2)])
+        assert spent[0][2].startswith("client-level") and "not against the server" in spent[0][2]
     exp = experiment_for(cfg)
     for path in list_captures(result.run_dir):
         cap = load_capture(path)
@@ -61,6 +74,9 @@ def test_dpsgd_budget_accumulates_in_the_clients_flower_state(tmp_path):
     eps = {}
     for path in list_captures(result.run_dir):
         cap = load_capture(path)
-        eps.setdefault(cap.partition_id, []).append(cap.meta["client_metrics"]["dp-epsilon"])
+        eps.setdefault(cap.partition_id, []).append(cap.facts.client_metrics["dp-epsilon"])
     for series in eps.values():
         assert len(series) == 3 and series[0] < series[1] < series[2]
+    # the round's row: the largest client epsilon so far, record-level
+    assert result.rounds[-1]["dp_epsilon"] == max(s[-1] for s in eps.values())
+    assert result.rounds[-1]["dp_accounting"].startswith("record-level")

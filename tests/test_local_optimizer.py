@@ -15,6 +15,7 @@ from attacker.problem import Budget
 from attacker.target import observe
 from attacker.user_model import normalising
 from fedsim.capture import Capture
+from fedsim.capture_facts import build
 from tests.own_app import example_on_path
 
 
@@ -55,7 +56,7 @@ def _example_capture(momentum: float, weight_decay: float):
     facts = dataclasses.replace(FACTS, momentum=momentum, weight_decay=weight_decay)
     meta = facts.resolve({"lr": 0.05, "batch-size": 6}, {"num-examples": 16})
     cap = Capture(round=1, partition_id=0, observer="server", kind="weights",
-                  weights_before=before, update=net.state_dict(), meta=meta)
+                  weights_before=before, update=net.state_dict(), facts=build(meta))
     x, y = first_use_order(0, 1, size=16, batch_size=6)
     model = Net()
     model.load_state_dict(before)

@@ -3,8 +3,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from fedsim.metrics import (LPIPSUnavailable, label_accuracy, lpips_metric, psnr, rmse,
-                            score_reconstruction, ssim)
+from fedsim.metrics import label_accuracy, psnr, rmse, score_reconstruction, ssim
 from fedsim.metrics.image import PSNR_CAP
 
 
@@ -54,42 +53,48 @@ def test_label_accuracy_is_order_free():
     assert label_accuracy(torch.tensor([1, 1, 2]), torch.tensor([1, 2, 2])) == pytest.approx(2 / 3)
 
 
-def test_lpips_plumbing_with_random_backbone(pair):
-    a, b = pair
-    fn = lpips_metric("alex", random_backbone=True)
-    assert fn(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert fn(a, b) > 0
-    grey = torch.rand(1, 8, 8)
-    assert fn(grey, grey) == pytest.approx(0.0, abs=1e-6)  # grey and tiny images are handled
+def test_a_reconstruction_with_nan_is_refused_by_name_not_by_scipy():
+    """A diverged attack returns NaN pixels: the matching names the reconstruction in one
+    line instead of scipy's `matrix contains invalid numeric entries`."""
+    g = torch.Generator().manual_seed(2)
+    originals = torch.rand(3, 1, 8, 8, generator=g)
+    recon = originals.clone()
+    recon[1, 0, 2, 2] = float("nan")
+    for match_on in ("psnr", "ssim", "rmse"):
+        with pytest.raises(ValueError) as err:
+            score_reconstruction(originals, recon, match_on=match_on)
+        message = str(err.value)
+        assert "reconstruction 1" in message and "NaN" in message and "\n" not in message
+        assert "invalid numeric entries" not in message
+    with pytest.raises(ValueError, match="lpips of original 0 and reconstruction 0 is nan"):
+        score_reconstruction(originals, originals, match_on="lpips",
+                             lpips_fn=lambda o, r: float("nan"))  # finite images, NaN score
 
 
-def test_lpips_without_weights_is_unavailable_not_random(tmp_path, monkeypatch):
-    from fedsim.metrics import lpips_metric as lm
-    from fedsim.metrics.lpips_metric import _model
+def test_a_diverged_attack_is_a_failed_attack_with_its_cause(tmp_path, monkeypatch):
+    """Through the run's own path (attack_one): a leakage row with the error, no crash."""
+    import json
 
-    _model.cache_clear()
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(LPIPSUnavailable) as err:
-        lm("vgg")
-    assert "vgg16-397923af.pth" in str(err.value) and str(tmp_path / "hub" / "checkpoints") in str(err.value)
-    _model.cache_clear()
+    from attacker.attacks import ATTACKS
+    from fedsim.capture import save_capture
+    from lab.orchestration.attacks import attack_one
+    from lab.orchestration.inprocess import local_capture
+    from tests.helpers import tiny_config
 
+    cfg = tiny_config(tmp_path, federation={"algorithm": "fedsgd", "batch_size": 2},
+                      attack={"name": "inverting_gradients", "iterations": 2})
+    run_dir = tmp_path / "run"
+    path = save_capture(run_dir, local_capture(cfg))
+    attack_cls = ATTACKS["inverting_gradients"]
+    real_run = attack_cls.run
 
-def test_lpips_loads_backbone_from_local_cache(tmp_path, monkeypatch, pair):
-    """A file with torchvision's name in the hub cache is used, with no download."""
-    import torchvision
+    def diverged(self, *args, **kwargs):
+        result = real_run(self, *args, **kwargs)
+        result.images = torch.full_like(result.images, float("nan"))
+        return result
 
-    from fedsim.metrics.lpips_metric import _model
-
-    ckpt = tmp_path / "hub" / "checkpoints"
-    ckpt.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet().state_dict(), ckpt / "alexnet-owt-7be5be79.pth")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _model.cache_clear()
-    try:
-        fn = lpips_metric("alex")
-        a, b = pair
-        assert fn(a, a) == pytest.approx(0.0, abs=1e-6) and fn(a, b) > 0
-    finally:
-        _model.cache_clear()
+    monkeypatch.setattr(attack_cls, "run", diverged)
+    row = attack_one(cfg, "server", 1, 0, path, run_dir)
+    assert "NaN" in row["error"] and "invalid numeric entries" not in row["error"]
+    rows = [json.loads(line) for line in (run_dir / "leakage.jsonl").read_text().splitlines()]
+    assert rows == [row]

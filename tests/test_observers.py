@@ -60,7 +60,7 @@ def test_fedavg_client_observer_sees_the_weighted_mean_of_the_updates(tmp_path):
     run_dir = run_simulation(cfg).run_dir
     seen = load_capture(round_dir(run_dir, 1) / "client_aggregate.pt")
     caps = [load_capture(round_dir(run_dir, 1) / f"server_client_{p:03d}.pt") for p in (0, 1)]
-    n = [c.meta["client_metrics"]["num-examples"] for c in caps]
+    n = [c.facts.client_metrics["num-examples"] for c in caps]
     mean = {k: sum(w * c.update[k].float() for w, c in zip(n, caps)) / sum(n)
             for k in caps[0].update}
     assert _close({k: v.float() for k, v in seen.update.items()}, mean, atol=1e-5)

@@ -27,7 +27,7 @@ def test_round_completes_and_server_holds_only_the_aggregate(secure_run):
     assert [r["round"] for r in result.rounds] == [0, 1, 2]
     (path,) = list_captures(result.run_dir)
     cap = load_capture(path)
-    assert cap.partition_id == AGGREGATE and cap.meta["partitions"] == [0, 1, 2]
+    assert cap.partition_id == AGGREGATE and cap.facts.partitions == (0, 1, 2)
     exp = experiment_for(cfg)
     replays = [train_round(exp, cap.weights_before, 1, pid, [], torch.device("cpu"))
                for pid in range(3)]

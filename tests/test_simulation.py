@@ -61,7 +61,7 @@ def test_fedsgd_capture_equals_recomputed_gradient(fedsgd_run):
     assert len(paths) == 4  # 2 rounds x 2 clients
     for path in paths:
         cap = load_capture(path)
-        assert cap.kind == "gradient" and cap.meta["batch_size"] == 4
+        assert cap.kind == "gradient" and cap.facts.batch_size == 4
         (idx,) = exp.client_batches(cap.round, cap.partition_id)
         model = exp.new_model()
         model.load_state_dict(cap.weights_before)

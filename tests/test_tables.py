@@ -38,6 +38,16 @@ def test_tables_join_leakage_with_accuracy_and_evaluate_rebuilds_them(tmp_path):
     r1 = [float(r["psnr"]) for r in rows if r["round"] == 1]
     assert float(summary[1]["server_psnr_worst"]) == max(r1)
     assert float(summary[1]["server_psnr_mean"]) == sum(r1) / 2
+    assert int(summary[1]["server_psnr_n"]) == 2 and summary[1]["server_psnr_low"] == ""
+    for r in rows:  # every attack beside its baselines, and its margin over the best
+        best = max(b["psnr"] for b in r["baselines"].values())
+        assert set(r["baselines"]) == {"dataset_mean", "batch_colour"}
+        assert abs(r["margin_psnr"] - (r["psnr"] - best)) < 1e-9
+        assert r["beats_baseline"] == (r["margin_psnr"] > 0)
+    overall = list(csv.DictReader((run_dir / "summary.csv").read_text().splitlines()))
+    assert [o["observer"] for o in overall] == ["server"]
+    assert int(overall[0]["attacks"]) == 4 and int(overall[0]["psnr_n"]) == 4
+    assert abs(float(overall[0]["psnr_mean"]) - sum(r["psnr"] for r in rows) / 4) < 1e-9
 
     (run_dir / "leakage.csv").unlink()
     (run_dir / "rounds.csv").unlink()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Callable, ClassVar, Optional
 
 import torch
@@ -43,8 +42,9 @@ class Attack:
 
     def __init__(self, budget: Budget):
         """The budget's `distance` and `signed`, where set, override the attack's own."""
-        self.budget = replace(budget, distance=budget.distance or self.distance,
-                              signed=self.signed if budget.signed is None else budget.signed)
+        self.budget = budget.model_copy(update={
+            "distance": budget.distance or self.distance,
+            "signed": self.signed if budget.signed is None else budget.signed})
 
     # -------------------------------------------------------------- building the problem
     def labels(self, obs: Observation, knowledge: Knowledge) -> Optional[torch.Tensor]:
@@ -77,7 +77,10 @@ class Attack:
             image_shape=obs.image_shape, num_classes=obs.num_classes,
             labels=self.labels(obs, knowledge), bn_targets=self.bn_targets(obs, knowledge),
             mask=mask, box=tuple(self.effects(obs).get("pixel_box", (0.0, 1.0))),
-            input_mean=_channels(obs.meta.get("mean")), input_std=_channels(obs.meta.get("std")),
+            input_mean=_channels(obs.facts.mean), input_std=_channels(obs.facts.std),
+            loss_divisor=(float(obs.facts.batch_size)
+                          if self.effects(obs).get("sum_over_batch_size")
+                          and obs.facts.batch_size else None),
         )
 
     @staticmethod
@@ -88,16 +91,24 @@ class Attack:
     @staticmethod
     def effects(obs: Observation) -> dict:
         """What the client's defenses declared about the upload (recorded in the capture)."""
-        return obs.meta.get("effects", {})
+        return obs.facts.effects
 
     # -------------------------------------------------------------- solving it
     def solve(self, problem: InversionProblem, seed: int,
               progress: Optional[Callable[[int, float], None]]) -> InversionResult:
         raise NotImplementedError
 
-    def run(self, obs: Observation, knowledge: Knowledge, *, seed: int = 0,
-            progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
-        result = self.solve(self.problem(obs, knowledge), seed, progress)
+    def solve_group(self, problems: list[InversionProblem], seeds: list[int]
+                    ) -> list[InversionResult]:
+        """Problems of one shape (`attacker.groups.shape_key`), each from its seed: one
+        after another here; the Adam attacks solve them in one optimisation."""
+        return [self.solve(p, s, None) for p, s in zip(problems, seeds)]
+
+    def finish(self, obs: Observation, result: InversionResult) -> InversionResult:
         if self.sign_flipped(obs):  # InstaHide: the attacker's best guess is |mix|
             result.images = result.images.abs()
         return result
+
+    def run(self, obs: Observation, knowledge: Knowledge, *, seed: int = 0,
+            progress: Optional[Callable[[int, float], None]] = None) -> InversionResult:
+        return self.finish(obs, self.solve(self.problem(obs, knowledge), seed, progress))

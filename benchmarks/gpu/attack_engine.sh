@@ -3,11 +3,7 @@
 # the host's own torch, plus the pure-Python wheels it lacks from .whl/ (pip download
 # --only-binary=:all: --python-version 3.12 pydantic tomli_w). Results go to $OUT.
 set -u
-OUT=${OUT:-/tmp/fedsim-gpu}
-mkdir -p "$OUT" .gl
-python3 -m pip install -q --no-index --no-deps --target .gl .whl/*.whl > "$OUT/pip.log" 2>&1
-export PYTHONPATH="$PWD/.gl:$PWD:$PWD/benchmarks"
-python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
+source "$(dirname "$0")/setup.sh"
 cd benchmarks
 timeout "${SPEED_S:-170}" python3 attack_speed.py --device cuda --skip quality > "$OUT/speed.log" 2>&1; echo "speed rc $?"
 cp results/attack_speed_cuda.json "$OUT/" 2>/dev/null

@@ -9,6 +9,10 @@ server's strategy wrappers are in `server/transport.py`.
 
 Both act on FedAvg weight updates: Flower's mods compute new - old weights, which is
 meaningless for FedSGD gradients, so FedSGD is rejected at config time.
+
+Accounting: LocalDpMod's (epsilon, delta) are per round, so each client reports their basic
+composition over the rounds it took part in (its round count lives in its persistent
+state); central DP is accounted on the server (`server/transport.py`).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pydantic import Field
 
 from clients.defenses.base import Defense, DefenseParams
 from fedsim.defense_params import CentralDPParams
+from fedsim.record_keys import DP_DELTA, DP_EPSILON
 
 
 class _FlowerDP(Defense):
     stage = "transport"
+    differentially_private = True
 
     def check_config(self, cfg) -> None:
         if cfg.federation.algorithm != "fedavg":
@@ -36,6 +42,9 @@ class _FlowerDP(Defense):
 
 class FlowerLocalDP(_FlowerDP):
     name = "flower_local_dp"
+    accounting = ("client-level local DP (the client's whole update, against anyone who "
+                  "sees it), basic composition of LocalDpMod's per-round (epsilon, delta) "
+                  "over the rounds the client took part in")
 
     class Params(DefenseParams):
         clipping_norm: float = Field(default=1.0, gt=0)
@@ -48,6 +57,11 @@ class FlowerLocalDP(_FlowerDP):
 
         p = self.params
         return [LocalDpMod(p.clipping_norm, p.sensitivity, p.epsilon, p.delta)]
+
+    def account(self, state: dict, fed) -> dict[str, float]:
+        """Basic composition: after r rounds, (r epsilon, r delta)."""
+        rounds = state["dp_rounds"] = int(state.get("dp_rounds", 0)) + 1
+        return {DP_EPSILON: rounds * self.params.epsilon, DP_DELTA: rounds * self.params.delta}
 
 
 class FlowerCentralDP(_FlowerDP):

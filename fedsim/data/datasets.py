@@ -1,4 +1,5 @@
-"""Image classification sets that need no download: digits, natural32, and a local CIFAR-10.
+"""Image classification sets that need no download: digits, natural32, and local CIFAR-10
+and Fashion-MNIST folders.
 
 Every loader returns images as float32 in [0, 1] (N, C, H, W) and int64 labels; the
 per-channel mean and std travel with the set so models can normalise internally and
@@ -159,13 +160,17 @@ def _cifar_folder(root: Optional[str]) -> Path:
         raise DataNotFoundError("cifar10 needs data.root: the folder holding cifar-10-batches-py")
     base = Path(root).expanduser()
     folder = base if base.name == "cifar-10-batches-py" else base / "cifar-10-batches-py"
-    missing = [f for f in CIFAR_FILES if not (folder / f).is_file()]
+    return require_files("CIFAR-10", folder, CIFAR_FILES,
+                         f"Unpack the python version of CIFAR-10 (cifar-10-python.tar.gz) into "
+                         f"{folder.parent} and run again.")
+
+
+def require_files(name: str, folder: Path, files, what_to_do: str) -> Path:
+    """`folder`, or one line naming the data set, the files missing and what to do."""
+    missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise DataNotFoundError(
-            f"CIFAR-10 not found: expected {', '.join(CIFAR_FILES)} in {folder} "
-            f"(missing: {', '.join(missing)}). Unpack the python version of CIFAR-10 "
-            f"(cifar-10-python.tar.gz) into {folder.parent} and run again."
-        )
+        raise DataNotFoundError(f"{name} not found: expected {', '.join(files)} in {folder} "
+                                f"(missing: {', '.join(missing)}). {what_to_do}")
     return folder
 
 
@@ -220,11 +225,13 @@ def load_cifar10(root: Optional[str] = None, **_) -> Dataset:
                    torch.from_numpy(y_te), 10, CIFAR_CLASSES)
 
 
-from fedsim.data.folder import load_folder  # noqa: E402 - after the shared types it uses
+from fedsim.data.fashion_mnist import load_fashion_mnist  # noqa: E402 - after the shared
+from fedsim.data.folder import load_folder  # noqa: E402 - types they use
 
 LOADERS = {"digits": load_digits, "natural32": load_natural32, "cifar10": load_cifar10,
-           "folder": load_folder}
-IMAGE_SHAPES = {"digits": (1, 8, 8), "natural32": (3, 32, 32), "cifar10": (3, 32, 32)}
+           "fashion_mnist": load_fashion_mnist, "folder": load_folder}
+IMAGE_SHAPES = {"digits": (1, 8, 8), "natural32": (3, 32, 32), "cifar10": (3, 32, 32),
+                "fashion_mnist": (1, 28, 28)}
 DEFAULT_FOLDER_SHAPE = (3, 32, 32)
 
 

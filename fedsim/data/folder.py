@@ -24,27 +24,50 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _read_tree(folder: Path, classes: list[str], shape: tuple[int, int, int]):
-    from PIL import Image, UnidentifiedImageError
+def _classes(folder: Path) -> list[str]:
+    classes = [p.name for p in _class_dirs(folder)]
+    if len(classes) < 2:  # one class: accuracy 1.0 from the start and every gradient zero
+        raise DataFolderError(f"data.root: {folder} holds {len(classes)} class folder(s); a "
+                              "classification set needs at least 2 (<class>/<image>.png)")
+    return classes
 
+
+def _read_tree(folder: Path, classes: list[str], shape: tuple[int, int, int]):
     channels, height, width = shape
     mode = {1: "L", 3: "RGB"}[channels]
     xs, ys = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in EXTENSIONS)
+        if not files:  # a class no client could learn, and a label no image has
+            raise DataFolderError(f"data.root: {folder / name} has no images "
+                                  f"({', '.join(sorted(EXTENSIONS))}); put images of class "
+                                  f"{name!r} there or remove the folder")
         for path in files:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert(mode).resize((width, height), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.float32) / 255.0
-            except (OSError, UnidentifiedImageError) as err:
-                raise DataFolderError(f"data.root: {path} is not a readable image ({err})") from None
+            arr = _read_image(path, mode, (width, height))
             xs.append(arr.reshape(height, width, channels).transpose(2, 0, 1))
             ys.append(label)
-    if not xs:
-        raise DataFolderError(f"data.root: no images ({', '.join(sorted(EXTENSIONS))}) under "
-                              f"{folder}/<class>/")
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
+def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One image in [0, 1], converted and resized. PIL's decompression-bomb guard is an
+    error from its limit up (PIL only warns below twice the limit, then decodes it all)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert(mode).resize(size, Image.BILINEAR)
+                return np.asarray(img, dtype=np.float32) / 255.0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataFolderError(f"data.root: {path} is too large to read: {err} (fedsim "
+                              "refuses images above PIL's Image.MAX_IMAGE_PIXELS, "
+                              f"{Image.MAX_IMAGE_PIXELS:,}; shrink it first)") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors of a broken file
+        raise DataFolderError(f"data.root: {path} is not a readable image ({err})") from None
 
 
 class DataFolderError(DataNotFoundError):
@@ -64,30 +87,31 @@ def load_folder(root: Optional[str] = None, seed: int = 0, test_fraction: float 
         raise DataFolderError(f"data.root {str(base)!r} is not a folder: put one sub-folder of "
                               "images per class there (root/<class>/<image>.png)")
     if (base / "train").is_dir() and (base / "test").is_dir():
-        classes = [p.name for p in _class_dirs(base / "train")]
+        classes = _classes(base / "train")
+        extra = sorted(set(p.name for p in _class_dirs(base / "test")) - set(classes))
+        if extra:
+            raise DataFolderError(f"data.root: {base / 'test'} has class folders {extra} that "
+                                  f"{base / 'train'} lacks; train/ and test/ need the same "
+                                  "classes")
         x_tr, y_tr = _read_tree(base / "train", classes, shape)
         x_te, y_te = _read_tree(base / "test", classes, shape)
     else:
-        classes = [p.name for p in _class_dirs(base)]
-        if len(classes) < 2:
-            raise DataFolderError(f"data.root {str(base)!r} holds {len(classes)} class "
-                                  "folder(s); a classification set needs at least 2 "
-                                  "(root/<class>/<image>.png)")
+        classes = _classes(base)
         x, y = _read_tree(base, classes, shape)
         x_tr, y_tr, x_te, y_te = _stratified_split(x, y, test_fraction, seed)
     return Dataset("folder", x_tr, y_tr, x_te, y_te, len(classes), tuple(classes))
 
 
 def _stratified_split(x, y, test_fraction: float, seed: int):
-    """Per class, a seeded share to the test set (at least one image per class in each
-    part when the class has two or more)."""
-    rng = np.random.default_rng([seed, 17])
-    test = []
-    for label in torch.unique(y).tolist():
-        idx = np.flatnonzero(y.numpy() == label)
-        n_test = min(max(int(round(len(idx) * test_fraction)), 1), len(idx) - 1)
-        test.extend(rng.permutation(idx)[:n_test].tolist())
-    mask = np.zeros(len(y), dtype=bool)
-    mask[test] = True
-    keep = torch.from_numpy(~mask)
-    return x[keep], y[keep], x[~keep], y[~keep]
+    """scikit-learn's stratified split (as digits uses), its refusal as one line."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, test = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                       random_state=seed, stratify=y.numpy())
+    except ValueError as err:
+        raise DataFolderError(f"data.root: the images cannot be split by class with "
+                              f"data.test_fraction = {test_fraction} ({err}); add images, "
+                              "or give train/ and test/ folders") from None
+    train, test = torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(test))
+    return x[train], y[train], x[test], y[test]

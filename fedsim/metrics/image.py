@@ -7,7 +7,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 PSNR_CAP = 100.0  # dB: identical images score this instead of infinity (keeps JSON and means finite)
 
@@ -17,6 +16,8 @@ def _np(img: torch.Tensor) -> np.ndarray:
 
 
 def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    from skimage.metrics import peak_signal_noise_ratio  # here: it imports scipy.stats
+
     a, b = _np(original), _np(reconstruction)
     if np.array_equal(a, b):
         return PSNR_CAP
@@ -24,6 +25,8 @@ def psnr(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
 
 
 def ssim(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
+    from skimage.metrics import structural_similarity
+
     a, b = _np(original), _np(reconstruction)
     side = min(a.shape[-2:])
     win = min(7, side if side % 2 else side - 1)

@@ -1,71 +1,86 @@
-"""LPIPS with the official `lpips` package, backbones loaded offline from the torch cache.
+"""LPIPS v0.1 (the official `lpips` package's network) with verified offline backbones.
 
-The `lpips` wheel ships only its linear calibration layers; the VGG/AlexNet backbones are
-torchvision weights. They are read from $TORCH_HOME/hub/checkpoints/ when present and never
-downloaded: when absent LPIPS is reported unavailable, never computed from random weights.
+`lpips_distance` is where every LPIPS figure comes from. The model is lpips' own module,
+built on the meta device (no random initialisation, no download) and then given every
+tensor it has: lpips' input scaling, and the backbone and linear layers of the verified
+checkpoint (`lpips_weights`; the linear layers equal the `lpips` wheel's bit for bit). A
+backbone that is missing or fails its check raises LPIPSUnavailable: LPIPS is then
+reported unavailable, never computed from random weights.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("fedsim")
+from fedsim.metrics.lpips_weights import LPIPSUnavailable, cache_dir, load_backbone
 
-BACKBONE_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
+__all__ = ["LPIPSUnavailable", "lpips_distance", "lpips_metric"]
 
-
-class LPIPSUnavailable(RuntimeError):
-    """The backbone weights are not in the local cache; the message names file and folder."""
-
-
-def checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+MIN_SIDE = 64  # smaller images are upsampled: AlexNet's 11x11 stride-4 stem needs room
+CHUNK = 64     # pairs per forward pass
 
 
-def backbone_path(net: str) -> Path:
-    return checkpoint_dir() / BACKBONE_FILES[net]
+def _full_state(model: torch.nn.Module, weights: dict) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of lpips' model, from the converted checkpoint."""
+    import lpips
+
+    convs = [name for name, m in model.net.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    if len(convs) != len(weights["convs"]) or len(model.lins) != len(weights["lins"]):
+        raise ValueError("the checkpoint's layers do not match lpips' network")
+    state = {f"scaling_layer.{k}": v for k, v in lpips.lpips.ScalingLayer().state_dict().items()}
+    for name, (w, b) in zip(convs, weights["convs"]):
+        state[f"net.{name}.weight"], state[f"net.{name}.bias"] = w, b
+    for i, w in enumerate(weights["lins"]):  # lpips registers each as lin{i} and lins.{i}
+        state[f"lin{i}.model.1.weight"] = state[f"lins.{i}.model.1.weight"] = w
+    return state
 
 
 @lru_cache(maxsize=4)
-def _model(net: str, random_backbone: bool):
+def _model(net: str, folder: Path) -> torch.nn.Module:
     import lpips
 
-    if not random_backbone and not backbone_path(net).is_file():
-        raise LPIPSUnavailable(
-            f"LPIPS-{net} unavailable: backbone weights {BACKBONE_FILES[net]} not found in "
-            f"{checkpoint_dir()} (set TORCH_HOME or copy the torchvision file there)"
-        )
-    os.environ.setdefault("TORCH_HOME", str(Path(torch.hub.get_dir()).parent))
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
-    return model.eval()
+    weights = load_backbone(net, folder)  # raises LPIPSUnavailable before anything is built
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notice about lpips' `pretrained=`
+        model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
+    model.load_state_dict(_full_state(model, weights), strict=True, assign=True)
+    return model.eval().requires_grad_(False)
 
 
-def _prep(img: torch.Tensor) -> torch.Tensor:
-    """[0,1] (C,H,W) -> [-1,1] (1,3,H',H'), grey repeated, small images upsampled to 64."""
-    x = img.detach().float().clamp(0, 1)[None]
+def _prep(x: torch.Tensor) -> torch.Tensor:
+    """[0,1] (N,C,H,W) -> [-1,1] (N,3,H',W'), grey repeated, small images upsampled."""
+    x = x.detach().float().cpu().clamp(0, 1)
     if x.shape[1] == 1:
         x = x.repeat(1, 3, 1, 1)
-    if min(x.shape[-2:]) < 64:
-        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    if min(x.shape[-2:]) < MIN_SIDE:
+        x = F.interpolate(x, size=(MIN_SIDE, MIN_SIDE), mode="bilinear", align_corners=False)
     return x * 2 - 1
 
 
-def lpips_metric(net: str = "vgg", random_backbone: bool = False):
-    """A `fn(original, reconstruction) -> float`; raises LPIPSUnavailable without weights.
+@torch.no_grad()
+def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "vgg") -> torch.Tensor:
+    """LPIPS between x[i] and y[i] for image batches (N, C, H, W) in [0, 1] (C 1 or 3):
+    a tensor of N distances. Raises LPIPSUnavailable without a verified backbone."""
+    if x.dim() != 4 or x.shape != y.shape or x.shape[1] not in (1, 3):
+        raise ValueError(f"lpips_distance needs two (N, C, H, W) batches of one shape with C 1 "
+                         f"or 3, got {tuple(x.shape)} and {tuple(y.shape)}")
+    model = _model(net, cache_dir())
+    a, b = _prep(x), _prep(y)
+    return torch.cat([model(a[i:i + CHUNK], b[i:i + CHUNK]).flatten()
+                      for i in range(0, len(a), CHUNK)])
 
-    random_backbone=True (lpips' pnet_rand) exercises the plumbing only: its numbers mean
-    nothing and are never reported.
-    """
-    model = _model(net, random_backbone)
 
-    @torch.no_grad()
+def lpips_metric(net: str = "vgg"):
+    """A `fn(original, reconstruction) -> float` on single images (C, H, W), built on
+    lpips_distance; raises LPIPSUnavailable at once when the backbone is not usable."""
+    _model(net, cache_dir())
+
     def fn(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
-        return float(model(_prep(original), _prep(reconstruction)).item())
+        return float(lpips_distance(original[None], reconstruction[None], net)[0])
 
     return fn

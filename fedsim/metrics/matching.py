@@ -7,7 +7,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from fedsim.metrics.image import METRICS, Metric
 
@@ -18,13 +17,33 @@ def match(originals: torch.Tensor, reconstructions: torch.Tensor, metric: Metric
     Hungarian assignment (one reconstruction per original) when there are at least as many
     reconstructions as originals; otherwise each original takes its best one.
     """
+    _refuse_non_finite(originals, "original")
+    _refuse_non_finite(reconstructions, "reconstruction")
     cost = np.array([[metric.fn(o, r) for r in reconstructions] for o in originals])
+    if not np.isfinite(cost).all():
+        i, j = np.argwhere(~np.isfinite(cost))[0]
+        raise MatchingError(f"{metric.name} of original {i} and reconstruction {j} is "
+                            f"{cost[i, j]}: no pairing can be made")
     if metric.higher_is_better:
         cost = -cost
     if len(reconstructions) >= len(originals):
+        from scipy.optimize import linear_sum_assignment  # here: scipy costs 0.5 s to import
+
         rows, cols = linear_sum_assignment(cost)
         return cols[np.argsort(rows)]
     return cost.argmin(axis=1)
+
+
+class MatchingError(ValueError):
+    """Images that cannot be paired (NaN or inf pixels: an attack that diverged)."""
+
+
+def _refuse_non_finite(images: torch.Tensor, what: str) -> None:
+    bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise MatchingError(f"{what} {bad[0]} has NaN or inf pixels ({len(bad)} of "
+                            f"{len(images)} {what}s do): nothing to score; an attack that "
+                            "diverged recovered nothing")
 
 
 def label_accuracy(true: torch.Tensor, found: torch.Tensor) -> float:

@@ -1,7 +1,9 @@
 """Model registry: the architectures the attacks are studied on.
 
 Every model takes images in [0, 1] and normalises them itself (a non-persistent buffer), so
-updates carry only trainable state and attacks optimise directly in pixel space.
+updates carry only trainable state and a capture needs no normalisation beside it; the
+attack reads the declared mean and std and optimises in those normalised coordinates,
+clamped to the pixel box (`attacker.problem`).
 """
 
 from __future__ import annotations

@@ -11,29 +11,23 @@ from pathlib import Path
 from typing import Optional
 
 from attacker.attacks import ATTACKS
-from attacker.problem import Budget
+from attacker.problem import Budget, budget_of
 from attacker.target import observe
-from fedsim.capture import AGGREGATE, capture_stem, load_capture, round_dir
+from fedsim.capture import AGGREGATE, capture_stem, load_capture
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
-from lab.evaluator import record_attack
+from lab.evaluator import attacks_folder, record_attack
 from fedsim.experiment import experiment_for
 from lab.oracle import grant_knowledge
-from fedsim.records import append_row
+from fedsim.records import append_row, disk_full
+from fedsim.observers import OBSERVERS
+from fedsim.run_folder import RunFolder
 
 log = logging.getLogger("fedsim")
 
 
 def budget_from(cfg: ExperimentConfig) -> Budget:
     return budget_of(cfg.attack)
-
-
-def budget_of(a) -> Budget:
-    """The optimiser's budget from an `[attack]` section."""
-    return Budget(iterations=a.iterations, lr=a.lr, tv_weight=a.tv_weight,
-                  bn_weight=a.bn_weight, restarts=a.restarts, init=a.init,
-                  batch_restarts=a.batch_restarts, compile=a.compile, distance=a.distance,
-                  signed=a.signed)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
@@ -50,16 +44,35 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return update, bar.close
 
 
-def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
-                   attack_name: Optional[str] = None, progress: bool = True) -> dict:
+def prepared(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
+             attack_name: Optional[str] = None):
+    """(capture, experiment, observation, knowledge, attack), or the skipped row of an
+    update that holds no private example."""
     name = attack_name or cfg.attack.name
     cap = load_capture(capture_path)
+    attacks_folder(run_dir)  # where the results go, checked before the work
     device = resolve_device(cfg.device)
     exp = experiment_for(cfg)
+    if cap.facts.batch_sizes is not None and not sum(cap.facts.batch_sizes):
+        reason = ("the update holds no private example (every Poisson batch was empty: "
+                  "noise only); nothing to invert")
+        log.info("round %d %s: %s", cap.round, capture_stem(cap.observer, cap.partition_id),
+                 reason)
+        return {"round": cap.round, "partition_id": cap.partition_id,
+                "observer": cap.observer, "attack": name, "skipped": reason}
     # ---- attacker side: the capture and the granted knowledge, nothing else
     obs = observe(cap, device)
     knowledge = grant_knowledge(cfg.attack.knowledge, exp, cap, obs.model)
-    attack = ATTACKS[name](budget_from(cfg))
+    return cap, exp, obs, knowledge, ATTACKS[name](budget_from(cfg))
+
+
+def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
+                   attack_name: Optional[str] = None, progress: bool = True) -> dict:
+    name = attack_name or cfg.attack.name
+    ready = prepared(cfg, capture_path, run_dir, attack_name)
+    if isinstance(ready, dict):
+        return ready
+    cap, exp, obs, knowledge, attack = ready
     update, close = _progress_bar(cfg.attack.iterations,
                                   f"{name} r{cap.round} {capture_stem(cap.observer, cap.partition_id)}",
                                   progress)
@@ -79,18 +92,18 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = Fal
     a, fed = cfg.attack, cfg.federation
     rounds = a.scheduled_rounds(fed.num_rounds) if rounds is None else rounds
     clients = a.scheduled_clients(fed.num_clients)
+    run = RunFolder(run_dir)
     for observer in a.observers:
         for rnd in rounds:
-            folder = round_dir(run_dir, rnd)
-            if observer == "client":
-                path = folder / f"{capture_stem('client', AGGREGATE)}.pt"
+            if OBSERVERS[observer].sees == "aggregate":
+                path = run.capture(rnd, observer, AGGREGATE)
                 if path.is_file() and path.with_suffix(".json").is_file():
                     yield observer, rnd, AGGREGATE, path
                 elif rnd == fed.num_rounds and not quiet:
                     log.info("round %d: a client never receives the last global model; "
-                             "the client observer has nothing to attack", rnd)
+                             "the %s observer has nothing to attack", rnd, observer)
                 continue
-            aggregate = folder / f"{capture_stem(observer, AGGREGATE)}.pt"
+            aggregate = run.capture(rnd, observer, AGGREGATE)
             if aggregate.is_file():  # secure aggregation: no individual update exists
                 if not quiet:
                     log.info("round %d: the %s holds only the aggregate (secure "
@@ -98,7 +111,7 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = Fal
                 yield observer, rnd, AGGREGATE, aggregate
                 continue
             for client in clients:
-                path = folder / f"{capture_stem(observer, client)}.pt"
+                path = run.capture(rnd, observer, client)
                 if path.is_file() and path.with_suffix(".json").is_file():
                     yield observer, rnd, client, path
                 elif quiet:
@@ -114,19 +127,80 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = Fal
 def attack_one(cfg: ExperimentConfig, observer: str, rnd: int, client: int, path: Path,
                run_dir: Path, progress: bool = False) -> dict:
     """One attack, recorded; one that raises (out of memory, say) is logged and recorded
-    with its error in leakage.jsonl instead, so every other result still lands."""
+    with its error in leakage.jsonl instead, so every other result still lands. A full
+    disk is no attack's failure: it raises `DiskFull`, which stops the run."""
     try:
         return attack_capture(cfg, path, run_dir, progress=progress)
     except Exception as err:  # noqa: BLE001 - keep every other result
-        log.error("attack %s by the %s on round %d client %d failed: %r", cfg.attack.name,
-                  observer, rnd, client, err)
-        row = {"round": rnd, "partition_id": client, "observer": observer,
-               "attack": cfg.attack.name, "error": repr(err)}
-        append_row(Path(run_dir) / "leakage.jsonl", row)
-        return row
+        return _failed(cfg, (observer, rnd, client, path), err, run_dir)
 
 
 def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> list[dict]:
-    """The configured attacks on a finished run's captures, one after another."""
-    return [attack_one(cfg, *target, run_dir, progress=progress)
-            for target in targets(cfg, run_dir)]
+    """The configured attacks on a finished run's captures: one after another with
+    `attack.group_size = 1`, else grouped (`attack_grouped`)."""
+    found = list(targets(cfg, run_dir))
+    if cfg.attack.group_size == 1:
+        return [attack_one(cfg, *target, run_dir, progress=progress) for target in found]
+    return attack_grouped(cfg, found, run_dir)
+
+
+def attack_grouped(cfg: ExperimentConfig, found: list, run_dir: Path) -> list[dict]:
+    """Captures of one problem shape (`attacker.groups.shape_key`) inverted together, at
+    most `attack.group_size` (unset: `default_group_size`) at a time, each from the run's
+    seed as alone; a group out of memory is split and retried (logged). Each result is
+    recorded as a single attack's; a capture that fails to load or to record is that
+    attack's error row (`attack_one`), the others go on."""
+    from attacker.groups import default_group_size, invert_split, shape_key
+
+    rows, ready, shapes = [], [], {}
+    for target in found:
+        try:
+            item = prepared(cfg, target[3], run_dir)
+        except Exception as err:  # noqa: BLE001 - recorded like a single attack's failure
+            rows.append(_failed(cfg, target, err, run_dir))
+            continue
+        if isinstance(item, dict):
+            rows.append(item)
+            continue
+        cap, exp, obs, knowledge, attack = item
+        problem = attack.problem(obs, knowledge)
+        ready.append((target, item, problem))
+        shapes.setdefault(shape_key(problem), []).append(len(ready) - 1)
+    for members in shapes.values():
+        first = ready[members[0]]
+        size = cfg.attack.group_size or default_group_size(first[2], first[1][4].budget)
+        for start in range(0, len(members), size):
+            chunk = [ready[i] for i in members[start:start + size]]
+            log.info("attacking %d captures as one group (%s)", len(chunk),
+                     ", ".join(f"r{t[1]} c{t[2]}" for t, _, _ in chunk))
+
+            def solve(items):  # one alone takes the single-attack path
+                attack, problems = items[0][1][4], [p for _, _, p in items]
+                if len(problems) == 1:
+                    return [attack.solve(problems[0], cfg.seed, None)]
+                return attack.solve_group(problems, [cfg.seed] * len(problems))
+            try:
+                results = invert_split(solve, chunk)
+            except Exception as err:  # noqa: BLE001 - each member's error row, as alone
+                rows += [_failed(cfg, t, err, run_dir) for t, _, _ in chunk]
+                continue
+            for (target, (cap, exp, obs, knowledge, attack), _), result in zip(chunk, results):
+                try:
+                    rows.append(record_attack(cfg, exp, cap, attack.name, knowledge,
+                                              attack.finish(obs, result), Path(run_dir)))
+                except Exception as err:  # noqa: BLE001 - as attack_one
+                    rows.append(_failed(cfg, target, err, run_dir))
+    return rows
+
+
+def _failed(cfg, target, err, run_dir) -> dict:
+    full = disk_full(err, run_dir)
+    if full is not None:
+        raise full from None
+    observer, rnd, client, _ = target
+    log.error("attack %s by the %s on round %d client %d failed: %r", cfg.attack.name,
+              observer, rnd, client, err)
+    row = {"round": rnd, "partition_id": client, "observer": observer,
+           "attack": cfg.attack.name, "error": repr(err)}
+    append_row(RunFolder(run_dir).leakage, row)
+    return row

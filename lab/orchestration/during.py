@@ -2,7 +2,11 @@
 is complete on disk, beside the federated rounds, so training is not held up.
 
 A watcher thread in the driver scans the run folder for new captures of the configured
-observers and schedule, and submits one task per capture. Flower's actor pool claims every
+observers and schedule and gathers them: a task is submitted for every `attack.group_size`
+captures (unset: GATHER, and the task cuts groups to its memory estimate), or for what has
+gathered once the oldest has waited WAIT_S, or when the rounds end, so a run never waits
+on a group that cannot fill; the task inverts captures of one problem shape together
+(`attacker.groups`). Flower's actor pool claims every
 CPU Ray counts, so a task asks instead for one unit of the `fedsim_attack` resource (a
 local run creates one unit: one attack at a time beside the rounds; on a cluster, start
 each node with `--resources '{"fedsim_attack": N}'` for N attacks there) and for
@@ -25,19 +29,26 @@ from fedsim.config import ExperimentConfig
 
 log = logging.getLogger("fedsim")
 
+GATHER = 16     # captures a task holds when attack.group_size is unset
+WAIT_S = 5.0    # a partial group is sent once its oldest capture has waited this long
 
-def _attack_task(cfg_toml: str, target: tuple, run_dir: str, threads: int) -> dict:
+
+def _attack_task(cfg_toml: str, targets: list, run_dir: str, threads: int) -> list[dict]:
+    """One Ray task: a gathered list of captures, grouped by problem shape
+    (`lab.orchestration.attacks.attack_grouped`; one at a time if `attack.group_size` is 1)."""
     import tomllib
 
     import torch
 
     from fedsim.config import from_dict
-    from lab.orchestration.attacks import attack_one
+    from lab.orchestration.attacks import attack_grouped, attack_one
 
     torch.set_num_threads(max(threads, 1))
-    observer, rnd, client, path = target
-    return attack_one(from_dict(tomllib.loads(cfg_toml)), observer, rnd, client, Path(path),
-                      Path(run_dir))
+    cfg = from_dict(tomllib.loads(cfg_toml))
+    found = [(o, r, c, Path(p)) for o, r, c, p in targets]
+    if cfg.attack.group_size == 1:
+        return [attack_one(cfg, *t, Path(run_dir)) for t in found]
+    return attack_grouped(cfg, found, Path(run_dir))
 
 
 def server_app_then(finish):
@@ -65,7 +76,9 @@ class AttacksDuringTraining:
 
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, poll_s: float = 0.5):
         self.cfg, self.run_dir, self.poll_s = cfg, Path(run_dir), poll_s
-        self.submitted: dict[tuple, object] = {}
+        self.submitted: dict[tuple, object] = {}   # target key -> its task
+        self.pending: list[tuple] = []
+        self.pending_since = 0.0
         self.records: list[dict] = []
         self.deferred = False
         self._stop = threading.Event()
@@ -90,17 +103,31 @@ class AttacksDuringTraining:
         self._toml = self.cfg.to_toml()
         self._thread.start()
 
-    def _scan(self, quiet: bool) -> None:
+    def _scan(self, quiet: bool, final: bool = False) -> None:
         from lab.orchestration.attacks import targets
 
         for target in targets(self.cfg, self.run_dir, quiet=quiet):
             key = target[:3]
-            if key not in self.submitted:
-                self.submitted[key] = self._remote.remote(
-                    self._toml, (*target[:3], str(target[3])), str(self.run_dir),
-                    int(self.cfg.simulation.cpus_per_attack))
-                log.info("attack %s by the %s on round %d client %d submitted",
-                         self.cfg.attack.name, *key)
+            if key not in self.submitted and key not in {t[:3] for t in self.pending}:
+                if not self.pending:
+                    self.pending_since = time.monotonic()
+                self.pending.append((*key, str(target[3])))
+        size = self.cfg.attack.group_size or GATHER
+        while len(self.pending) >= size:
+            self._submit(self.pending[:size])
+            self.pending = self.pending[size:]
+            self.pending_since = time.monotonic()
+        if self.pending and (final or time.monotonic() - self.pending_since >= WAIT_S):
+            self._submit(self.pending)
+            self.pending = []
+
+    def _submit(self, group: list[tuple]) -> None:
+        task = self._remote.remote(self._toml, list(group), str(self.run_dir),
+                                   int(self.cfg.simulation.cpus_per_attack))
+        for target in group:
+            self.submitted[target[:3]] = task
+        log.info("attack %s on %d captures submitted (%s)", self.cfg.attack.name, len(group),
+                 ", ".join(f"{o} r{r} c{c}" for o, r, c, _ in group))
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -117,9 +144,10 @@ class AttacksDuringTraining:
             return []
         self._stop.set()
         self._thread.join()
-        self._scan(quiet=False)
+        self._scan(quiet=False, final=True)
         t0 = time.perf_counter()
-        self.records = ray.get(list(self.submitted.values()))
+        tasks = list({id(t): t for t in self.submitted.values()}.values())
+        self.records = [row for rows in ray.get(tasks) for row in rows]
         log.info("%d attacks during training finished (%.1f s after the last round)",
                  len(self.records), time.perf_counter() - t0)
         return self.records

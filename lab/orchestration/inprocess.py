@@ -16,6 +16,7 @@ from fedsim.accuracy import evaluate
 from fedsim.capture import Capture
 from fedsim.config import ExperimentConfig
 from fedsim.experiment import experiment_for
+from fedsim.record_keys import NUM_EXAMPLES
 
 
 def run_in_process(cfg: ExperimentConfig) -> list[dict]:
@@ -56,7 +57,7 @@ def local_capture(cfg: ExperimentConfig, server_round: int = 1, partition_id: in
     before = weights if weights is not None else exp.new_model().state_dict()
     defenses = [d for d in build_defenses(cfg) if d.stage != "transport"]
     res = train_round(exp, before, server_round, partition_id, defenses, torch.device("cpu"))
-    meta = {**declared_facts(cfg), "client_metrics": {"num-examples": res.num_examples},
-            "batch_sizes": res.batch_sizes, "distinct_examples": res.distinct_examples,
-            "effects": res.effects}
-    return Capture(server_round, partition_id, "server", res.kind, before, res.update, meta)
+    facts = declared_facts(cfg).with_(
+        client_metrics={NUM_EXAMPLES: res.num_examples}, batch_sizes=res.batch_sizes,
+        distinct_examples=res.distinct_examples, effects=res.effects)
+    return Capture(server_round, partition_id, "server", res.kind, before, res.update, facts)

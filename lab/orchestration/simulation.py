@@ -14,9 +14,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedsim.config import ExperimentConfig
-from fedsim.records import read_rows, write_csv
-from fedsim.runtime import ENV_CONFIG, ENV_RUN_DIR, FLOWER_ENV, RunFailed, new_run_dir
+from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.records import DiskFull, RunLogHandler, disk_full, read_rows, write_csv
+from fedsim.run_lock import LOCK_NAME, RunLock
+from fedsim.run_folder import RunFolder
+from fedsim.runtime import (ENV_CONFIG, ENV_RUN_DIR, FLOWER_ENV, Interrupted, RunFailed,
+                            new_run_dir, raise_on_signals, restore_signals)
 
 log = logging.getLogger("fedsim")
 
@@ -36,27 +39,75 @@ class RunResult:
         return {r["round"]: r["failures"] for r in self.rounds if r.get("failures")}
 
 
+_held: dict[Path, RunLock] = {}  # folders prepare_run_dir locked for this process
+
+
+def claim_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None,
+                  overwrite: bool = False) -> tuple[Path, RunLock]:
+    """A new run folder, or the given one, locked for this process (`fedsim.run_lock`): a
+    folder another live run writes is refused. A given folder that holds files is refused
+    too (rows would mix and captures be replaced), unless `overwrite`, which clears only a
+    fedsim run folder (one with a fedsim config.toml): never a folder of other files."""
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    own = _held.pop(run_dir.resolve(), None)
+    if own is not None:  # this process prepared it before: it is the one writing it again
+        own.release()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--run-dir {run_dir}: cannot create it ({err.strerror})") from None
+    lock = RunLock(run_dir)
+    try:
+        _clear(run_dir, overwrite)
+        RunFolder(run_dir).config.write_text(cfg.to_toml())
+    except BaseException:
+        lock.release()
+        raise
+    return run_dir, lock
+
+
 def prepare_run_dir(cfg: ExperimentConfig, run_dir: Path | None = None,
                     overwrite: bool = False) -> Path:
-    """A new run folder, or the given one: refused when it already holds a run (rows would
-    mix and captures be replaced), unless `overwrite` clears it first."""
-    if run_dir is not None and Path(run_dir).exists() and any(Path(run_dir).iterdir()):
-        if not overwrite:
-            from fedsim.config import ConfigError
-
-            raise ConfigError(f"--run-dir {run_dir} already holds files: pick a new folder, "
-                              "or pass --overwrite to clear it first")
-        import shutil
-
-        shutil.rmtree(run_dir)
-    run_dir = Path(run_dir) if run_dir else new_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
+    """`claim_run_dir` for a caller that writes the folder until its process ends (`fedsim
+    deploy`): the lock is held until then, or until this process prepares it again."""
+    run_dir, lock = claim_run_dir(cfg, run_dir, overwrite)
+    _held[run_dir.resolve()] = lock
     return run_dir
 
 
+def _clear(run_dir: Path, overwrite: bool) -> None:
+    import shutil
+
+    files = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    if not files:
+        return
+    if not overwrite:
+        raise ConfigError(f"--run-dir {run_dir} already holds files: pick a new folder, "
+                          "or pass --overwrite to clear it first")
+    if not _is_run_folder(run_dir):
+        raise ConfigError(f"--overwrite: {run_dir} is neither empty nor a fedsim run folder "
+                          "(no fedsim config.toml in it): refusing to delete its files")
+    for path in files:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _is_run_folder(run_dir: Path) -> bool:
+    import tomllib
+
+    from fedsim.config import from_dict
+
+    try:
+        from_dict(tomllib.loads(RunFolder(run_dir).config.read_text()))
+    except (OSError, ValueError):  # missing, unreadable, not TOML, not an experiment
+        return False
+    return True
+
+
 def _attach_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "run.log")
+    handler = RunLogHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("fedsim", "flwr"):
         lg = logging.getLogger(name)
@@ -65,49 +116,65 @@ def _attach_log(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def _finish_files(run_dir: Path) -> list[dict]:
+def finish_files(run_dir: Path) -> list[dict]:
     """The tables as far as the run got: metrics.csv, leakage.csv and rounds.csv."""
     from lab.tables import build_tables
 
-    rows = read_rows(run_dir / "metrics.jsonl")
+    rows = read_rows(RunFolder(run_dir).metrics)
     write_csv(run_dir / "metrics.csv", rows)
     build_tables(run_dir)
     return rows
 
 
-def _stop_on_signals(run_dir: Path) -> dict:
-    """One Ctrl-C (SIGINT) or SIGTERM ends the run within seconds: the files of the rounds
-    already done are finished (CSV included), the Ray processes this run started are shut
-    down, one line names the run folder, and the process exits 130 or 143. Flower's
-    simulation runs the ServerApp in a thread that a KeyboardInterrupt would leave waiting,
-    so the handler ends the process itself. Returns the handlers it replaced."""
+def _signum(err: KeyboardInterrupt) -> int:
+    import signal
+
+    return getattr(err, "signum", signal.SIGINT)  # a plain KeyboardInterrupt is Ctrl-C
+
+
+def _name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _stop_on_signals(run_dir: Path, lock: RunLock) -> None:
+    """During the rounds, one Ctrl-C (SIGINT) or SIGTERM ends the run within seconds: the
+    files of the rounds already done are finished (CSV included), the Ray processes this
+    run started are shut down, the folder's lock is released, one line names the run
+    folder, and the process exits 130 or 143. Flower's simulation runs the ServerApp in a
+    thread that a KeyboardInterrupt would leave waiting, so the handler ends the process
+    itself."""
     import signal
 
     def stop(signum, _frame):
         import ray
 
-        name = signal.Signals(signum).name
+        name = _name(signum)
         log.error("%s: stopping the run", name)
         for logger in (logging.getLogger("flwr"), logging.getLogger()):
             for handler in logger.handlers:  # in-flight messages now fail: run.log keeps
                 if not isinstance(handler, logging.FileHandler):  # their lines, not the
                     handler.setLevel(logging.CRITICAL + 1)        # terminal
         try:
-            _finish_files(run_dir)
+            finish_files(run_dir)
         finally:
             ray.shutdown()
+            lock.release()
             print(f"interrupted ({name}): the rounds finished so far are in {run_dir}",
                   file=sys.stderr, flush=True)
             logging.shutdown()
             os._exit(128 + signum)
 
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
 
 
 def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None,
                attacks_during: bool = False) -> None:
+    import signal
+
     import ray
 
     if ray.is_initialized():
@@ -115,21 +182,42 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
     runtime_env = {"env_vars": {**env, "PYTHONPATH": os.pathsep.join(sys.path)}}
     kwargs = dict(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
                   logging_level=logging.WARNING)
-    if ray_address:
-        ray.init(address=ray_address, **kwargs)
-    else:
-        tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-        # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource of
-        # their own (lab/orchestration/during.py)
-        extra = {"resources": {ATTACK_RESOURCE: 1}} if attacks_during else {}
-        ray.init(num_cpus=max(os.cpu_count() or 1, 1), _temp_dir=tmp, **kwargs, **extra)
+    try:
+        if ray_address:
+            ray.init(address=ray_address, **kwargs)
+        else:
+            tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+            # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource
+            # of their own (lab/orchestration/during.py)
+            extra = {"resources": {ATTACK_RESOURCE: 1}} if attacks_during else {}
+            ray.init(num_cpus=max(os.cpu_count() or 1, 1), _temp_dir=tmp, **kwargs, **extra)
+    except SystemExit as err:  # the SIGTERM handler ray.init sets first calls sys.exit(15)
+        if err.code == signal.SIGTERM:
+            raise Interrupted(signal.SIGTERM) from None
+        raise
 
 
 def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
                    ray_address: str | None = None, overwrite: bool = False,
                    attacks_during: bool = False) -> RunResult:
     """The federated run on Flower's simulation engine; with `attacks_during`, the
-    configured attacks run as Ray tasks beside the rounds (lab/orchestration/during.py)."""
+    configured attacks run as Ray tasks beside the rounds (lab/orchestration/during.py).
+    The run folder is locked while it runs."""
+    from lab.validation import validate
+
+    validate(cfg)  # before any work
+    run_dir, lock = claim_run_dir(cfg, run_dir, overwrite)
+    try:
+        return _simulate(cfg, run_dir, lock, ray_address, attacks_during)
+    finally:
+        lock.release()
+
+
+def _simulate(cfg: ExperimentConfig, run_dir: Path, lock: RunLock, ray_address: str | None,
+              attacks_during: bool) -> RunResult:
+    """The rounds, into a claimed run folder. A signal while Ray starts raises
+    `Interrupted` (one line, 130 / 143); during the rounds `_stop_on_signals` ends the
+    process; a full disk stops the run with `RunFailed` naming the file and the space."""
     import ray
     from flwr.simulation import run_simulation as flwr_run_simulation
 
@@ -137,19 +225,21 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
     from lab.observers import observer_mods
     from server.app import app as server_app
 
-    from lab.validation import validate
-
-    validate(cfg)  # before any work
-    run_dir = prepare_run_dir(cfg, run_dir, overwrite)
     env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Ray workers inherit it; restored when the run ends
     handler = _attach_log(run_dir)
     address = ray_address or cfg.simulation.ray_address
-    crashed, replaced, during, attacks = None, {}, None, []
+    crashed, during, attacks = None, None, []
+    callers = raise_on_signals()  # until the rounds start, a signal raises Interrupted
     try:
-        _start_ray(cfg, env, address, attacks_during)
-        replaced = _stop_on_signals(run_dir)  # after Ray, which sets its own handlers
+        try:
+            _start_ray(cfg, env, address, attacks_during)
+            _stop_on_signals(run_dir, lock)  # after Ray, which sets its own handlers
+        except KeyboardInterrupt as err:
+            raise Interrupted(_signum(err), f"interrupted ({_name(_signum(err))}) while Ray "
+                              f"was starting: no round ran; {run_dir} holds the config "
+                              "only") from None
         app = server_app
         if attacks_during:
             from lab.orchestration.during import AttacksDuringTraining, server_app_then
@@ -168,14 +258,12 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         )
     except Exception as err:  # noqa: BLE001 - the rows written so far say what finished
         crashed = err
-        log.error("the simulation stopped: %r", err)
+        if disk_full(err, run_dir) is None:  # a full disk is said once, below
+            log.error("the simulation stopped: %r", err)
     finally:
-        import signal
-
+        restore_signals(callers)  # the caller's handlers, not Ray's
         if during is not None:
             attacks = during.records  # what finished; the rest is in leakage.jsonl or lost
-        for sig, old in replaced.items():
-            signal.signal(sig, old)
         ray.shutdown()
         for key, value in saved_env.items():
             if value is None:
@@ -185,7 +273,13 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
         for name in ("fedsim", "flwr"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
-    rows = _finish_files(run_dir)
+    full = disk_full(crashed, run_dir) if crashed is not None else None
+    try:
+        rows = finish_files(run_dir)
+    except DiskFull as err:
+        full, rows = full or err, read_rows(RunFolder(run_dir).metrics)
+    if full is not None:
+        raise RunFailed(f"{full}; the rounds before it are kept in {run_dir}", run_dir)
     failed = next((r["error"] for r in rows if "error" in r), None)
     if failed:
         raise RunFailed(f"{failed}; rounds before it are kept in {run_dir}", run_dir)
@@ -203,23 +297,48 @@ def run_simulation(cfg: ExperimentConfig, run_dir: Path | None = None,
 def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None,
                    ray_address: str | None = None, progress: bool = True,
                    overwrite: bool = False) -> RunResult:
-    """The main job: the federated run, then the configured attacks on its captures."""
+    """The main job: the federated run, then the configured attacks on its captures; the
+    run folder is locked from the first round to the report."""
+    from lab.validation import validate
+
+    validate(cfg)  # before any work
+    during = cfg.attack.enabled and cfg.attack.when == "during"
+    run_dir, lock = claim_run_dir(cfg, run_dir, overwrite)
+    try:
+        result = _simulate(cfg, run_dir, lock, ray_address, during)
+        _after_training(cfg, result, cfg.attack.enabled and (not during
+                                                             or result.attacks_deferred),
+                        progress)
+    finally:
+        lock.release()
+    return result
+
+
+def _after_training(cfg: ExperimentConfig, result: RunResult, attack: bool,
+                    progress: bool) -> None:
+    """The attacks after training, then the tables and the report. One SIGINT or SIGTERM
+    stops them in one line, exit 130 / 143 (`Interrupted`), with every attack that
+    finished in the tables; a full disk stops them in one line too (`RunFailed`)."""
+    from lab.report import build_report
     from lab.tables import build_tables
 
-    during = cfg.attack.enabled and cfg.attack.when == "during"
+    run_dir = result.run_dir
+    callers = raise_on_signals()  # Ray's handlers left with Ray
     try:
-        result = run_simulation(cfg, run_dir=run_dir, ray_address=ray_address,
-                                overwrite=overwrite, attacks_during=during)
-    except RunFailed as err:
-        if err.run_dir is not None:
-            build_tables(err.run_dir)  # tables of what finished
-        raise
-    if cfg.attack.enabled and (not during or result.attacks_deferred):
-        from lab.orchestration.attacks import attack_run
+        if attack:
+            from lab.orchestration.attacks import attack_run
 
-        result.attacks = attack_run(cfg, result.run_dir, progress=progress)
-    build_tables(result.run_dir)
-    from lab.report import build_report
-
-    build_report(result.run_dir)
-    return result
+            result.attacks = attack_run(cfg, run_dir, progress=progress)
+        build_tables(run_dir)
+        build_report(run_dir)
+    except KeyboardInterrupt as err:
+        build_tables(run_dir)
+        done = sum("error" not in r for r in read_rows(RunFolder(run_dir).leakage))
+        raise Interrupted(_signum(err), f"interrupted ({_name(_signum(err))}) after "
+                          f"training: the rounds and the {done} attacks finished are in "
+                          f"{run_dir}") from None
+    except DiskFull as err:
+        raise RunFailed(f"{err}; the rounds and the attacks before it are kept in {run_dir}",
+                        run_dir) from None
+    finally:
+        restore_signals(callers)
