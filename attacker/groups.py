@@ -92,13 +92,30 @@ def invert_group(problems: list[InversionProblem], budget: Budget, seeds: list[i
 MAX_DEFAULT_GROUP = 64
 
 
+NORMS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm)
+CPU_GROUP_MAX_PARAMS = 100_000
+
+
+def groups_pay_on_cpu(model: torch.nn.Module) -> bool:
+    """Whether grouping is expected to beat one attack at a time on a CPU: a rule from
+    `benchmarks/attack_throughput.py` on 2 threads, where it paid for the LeNet (no
+    normalisation, 8-16k parameters: 1.9-7.6x at 16) and lost for the GroupNorm ConvNet
+    (26k parameters: 0.82x at 16) and ResNet-18 (0.35x at 4): vmapping normalised
+    convolutions over per-member weights is slow there."""
+    small = sum(p.numel() for p in model.parameters()) < CPU_GROUP_MAX_PARAMS
+    return small and not any(isinstance(m, NORMS) for m in model.modules())
+
+
 def default_group_size(problem: InversionProblem, budget: Budget) -> int:
     """As many members as fit a quarter of the free memory (CUDA's free memory, or the
     CPU's available memory from /proc/meminfo), at most MAX_DEFAULT_GROUP: an estimate,
     per member, of 8 copies of the weights (weights, target, gradient, double backward)
     and 64 activation-sized copies of the dummy batch per restart; an overestimate ends in
-    a smaller group, an underestimate in a split and retry (`invert_split`)."""
+    a smaller group, an underestimate in a split and retry (`invert_split`). On a CPU,
+    one at a time where grouping is not expected to pay (`groups_pay_on_cpu`)."""
     device = next(problem.model.parameters()).device
+    if device.type != "cuda" and not groups_pay_on_cpu(problem.model):
+        return 1
     n_params = sum(p.numel() for p in problem.model.parameters())
     pixels = budget.restarts * problem.batch_size * int(torch.tensor(problem.image_shape).prod())
     per_member = 4 * (8 * n_params + 64 * pixels)

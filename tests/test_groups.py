@@ -7,7 +7,7 @@ import torch
 
 from attacker.adam import invert_adam
 from attacker.engine import cpu_candidates, resolve_mode
-from attacker.groups import invert_group, invert_split, shape_key
+from attacker.groups import default_group_size, invert_group, invert_split, shape_key
 from attacker.problem import Budget, InversionProblem
 from clients.training import batch_gradient
 from fedsim.experiment import experiment_for
@@ -116,3 +116,17 @@ def test_auto_mode_for_groups_is_one_that_runs_them():
     assert resolve_mode("auto", "cuda", grouped=True, n_params=60_000) == "cudagraph"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_mode("cudagraph", "cpu", grouped=True)
+
+
+def test_on_a_cpu_unset_group_size_groups_only_where_it_paid(exp, tmp_path):
+    """The BatchNorm ConvNet (normalised convolutions, slower vmapped on a CPU) is attacked
+    one at a time; the LeNet, where grouping paid, in groups."""
+    budget = Budget(iterations=10)
+    assert default_group_size(_member(exp, 0, replay=False, known=True, bn=False), budget) == 1
+    lenet = experiment_for(tiny_config(tmp_path, model={"name": "lenet"}))
+    x, y = lenet.dataset.x_train[:2], lenet.dataset.y_train[:2]
+    model = lenet.new_model()
+    g, _, _ = batch_gradient(model, x, y)
+    prob = InversionProblem(model, g, 2, lenet.dataset.image_shape, lenet.dataset.num_classes,
+                            labels=y, input_mean=lenet.dataset.mean, input_std=lenet.dataset.std)
+    assert default_group_size(prob, budget) > 1
