@@ -148,8 +148,6 @@ def _stop_on_signals(run_dir: Path, lock: RunLock) -> None:
     import signal
 
     def stop(signum, _frame):
-        import ray
-
         name = _name(signum)
         log.error("%s: stopping the run", name)
         for logger in (logging.getLogger("flwr"), logging.getLogger()):
@@ -159,16 +157,43 @@ def _stop_on_signals(run_dir: Path, lock: RunLock) -> None:
         try:
             finish_files(run_dir)
         finally:
-            ray.shutdown()
             lock.release()
             print(f"interrupted ({name}): the rounds finished so far are in {run_dir}",
                   file=sys.stderr, flush=True)
             logging.shutdown()
+            # Not ray.shutdown(): Flower's threads still call Ray, and a call after it
+            # makes Ray's core worker end the process with status 1 before this one.
+            kill_descendants()
             os._exit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process this one started, and theirs (Linux /proc): the local Ray
+    cluster of a run (GCS, raylet, workers), none of a cluster it only attached to."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()  # "pid (comm) state ppid ...", comm may hold ")"
+            ppid = int(text.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(text.split(" ", 1)[0]))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    found, todo = [], [os.getpid()]
+    while todo:  # every descendant first: one killed early would leave its own orphaned
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None,
