@@ -10,11 +10,13 @@ import io
 import json
 import os
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 
 import lpips
 import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -89,6 +91,24 @@ def test_lpips_metric_scores_single_images_grey_and_tiny(lpips_backbones):
     assert fn(grey, 1 - grey) > 0.1
     x, y = _pair_batches()
     assert fn(x[0], y[0]) == pytest.approx(float(lpips_distance(x[:1], y[:1], "vgg")[0]))
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_metric_with_its_feature_cache_equals_lpips_own_forward(lpips_backbones, net,
+                                                                    monkeypatch):
+    """Every pair of 5 originals and 5 reconstructions, grey and RGB, the cache smaller than
+    the images (so entries are evicted and recomputed): the same distances as lpips'
+    forward over the pair."""
+    monkeypatch.setattr(sys.modules["fedsim.metrics.lpips_metric"], "FEATURE_CACHE", 4)
+    gen = torch.Generator().manual_seed(1)
+    for channels, side in ((1, 8), (3, 32)):
+        fn = lpips_metric(net)
+        a = torch.rand(5, channels, side, side, generator=gen)
+        b = torch.rand(5, channels, side, side, generator=gen)
+        got = torch.tensor([[fn(x, y) for y in b] for x in a])
+        want = torch.stack([lpips_distance(a, b[j:j + 1].expand_as(b).contiguous(), net)
+                            for j in range(5)], dim=1)
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
 
 
 def test_prep_repeats_grey_and_upsamples_small_images():

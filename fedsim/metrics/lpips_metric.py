@@ -75,12 +75,58 @@ def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "vgg") -> torch.
                       for i in range(0, len(a), CHUNK)])
 
 
-def lpips_metric(net: str = "vgg"):
-    """A `fn(original, reconstruction) -> float` on single images (C, H, W), built on
-    lpips_distance; raises LPIPSUnavailable at once when the backbone is not usable."""
-    _model(net, cache_dir())
+FEATURE_CACHE = 128  # images whose backbone features a metric keeps (VGG, 64x64: ~2 MB each)
 
+
+def _features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """lpips' unit-normalised backbone features of prepared images, layer by layer: the
+    first half of `lpips.LPIPS.forward`, done once per image instead of once per pair."""
+    import lpips
+
+    outs = model.net.forward(model.scaling_layer(x))
+    return [lpips.normalize_tensor(outs[k]) for k in range(model.L)]
+
+
+def _distance(model: torch.nn.Module, f0: list[torch.Tensor], f1: list[torch.Tensor]
+              ) -> torch.Tensor:
+    """The second half of `lpips.LPIPS.forward` (v0.1, linear layers, spatial average)."""
+    import lpips
+
+    return sum(lpips.spatial_average(model.lins[k]((a - b) ** 2), keepdim=True)
+               for k, (a, b) in enumerate(zip(f0, f1))).flatten()
+
+
+def lpips_metric(net: str = "vgg"):
+    """A `fn(original, reconstruction) -> float` on single images (C, H, W), equal to
+    lpips_distance (tests/test_lpips.py); raises LPIPSUnavailable at once when the
+    backbone is not usable. Pairing and baselines score each image against several
+    others, so the backbone features of the last FEATURE_CACHE images are kept, keyed by
+    their pixels: a batch of B originals costs B backbone passes, not one per pair."""
+    import hashlib
+    from collections import OrderedDict
+
+    model = _model(net, cache_dir())
+    if model.version != "0.1" or not model.lpips or model.spatial:
+        raise ValueError("lpips_metric expects lpips' v0.1 linear, non-spatial network")
+    cache: OrderedDict = OrderedDict()
+
+    def features(image: torch.Tensor) -> list[torch.Tensor]:
+        pixels = image.detach().float().cpu().contiguous()
+        key = (tuple(pixels.shape), hashlib.blake2b(pixels.numpy().tobytes(),
+                                                   digest_size=16).digest())
+        if key in cache:
+            cache.move_to_end(key)
+        else:
+            cache[key] = _features(model, _prep(pixels[None]))
+            if len(cache) > FEATURE_CACHE:
+                cache.popitem(last=False)
+        return cache[key]
+
+    @torch.no_grad()
     def fn(original: torch.Tensor, reconstruction: torch.Tensor) -> float:
-        return float(lpips_distance(original[None], reconstruction[None], net)[0])
+        if original.dim() != 3 or original.shape != reconstruction.shape:
+            raise ValueError(f"lpips_metric scores two (C, H, W) images of one shape, got "
+                             f"{tuple(original.shape)} and {tuple(reconstruction.shape)}")
+        return float(_distance(model, features(original), features(reconstruction))[0])
 
     return fn
