@@ -233,6 +233,10 @@ class SimulationConfig(_Section):
     gpus_per_client: float = Field(default=0.0, ge=0)
     cpus_per_attack: float = Field(default=1.0, gt=0, description="Ray CPUs per attack task")
     gpus_per_attack: float = Field(default=0.0, ge=0, description="Ray GPUs per attack task")
+    attack_slots: Optional[int] = Field(
+        default=None, ge=1, le=1024,
+        description="attack tasks at once beside a local run (default: its CPUs / "
+                    "cpus_per_attack)")
 
 
 class ExperimentConfig(_Section):

@@ -230,3 +230,14 @@ def test_attack_names_come_from_the_attackers_registries(tmp_path):
     assert Budget().model_dump() == AttackConfig().model_dump(include=set(OPTIMISER_FIELDS))
     a = AttackConfig(iterations=7, lr=0.3, init="zeros")
     assert budget_of(a).model_dump() == a.model_dump(include=set(OPTIMISER_FIELDS))
+
+
+def test_attack_slots_default_to_the_cpus_a_local_run_has_for_them():
+    from lab.orchestration.simulation import attack_slots
+
+    assert attack_slots(from_dict({}), 2) == 2
+    assert attack_slots(from_dict({"simulation": {"cpus_per_attack": 2}}), 2) == 1
+    assert attack_slots(from_dict({"simulation": {"cpus_per_attack": 4}}), 2) == 1
+    assert attack_slots(from_dict({"simulation": {"attack_slots": 3}}), 2) == 3
+    with pytest.raises(ConfigError, match="attack_slots"):
+        from_dict({"simulation": {"attack_slots": 0}})

@@ -196,6 +196,14 @@ def kill_descendants() -> None:
             pass
 
 
+def attack_slots(cfg: ExperimentConfig, cpus: int) -> int:
+    """Attack tasks a local run lets run at once: `simulation.attack_slots`, or as many as
+    its CPUs hold at `cpus_per_attack` each. During the rounds they share the CPUs with
+    the clients; after the last round they have them to themselves."""
+    sim = cfg.simulation
+    return sim.attack_slots or max(1, int(cpus // sim.cpus_per_attack))
+
+
 def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | None,
                attacks_during: bool = False) -> None:
     import signal
@@ -214,8 +222,10 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
             tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
             # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource
             # of their own (lab/orchestration/during.py)
-            extra = {"resources": {ATTACK_RESOURCE: 1}} if attacks_during else {}
-            ray.init(num_cpus=max(os.cpu_count() or 1, 1), _temp_dir=tmp, **kwargs, **extra)
+            cpus = max(os.cpu_count() or 1, 1)
+            extra = ({"resources": {ATTACK_RESOURCE: attack_slots(cfg, cpus)}}
+                     if attacks_during else {})
+            ray.init(num_cpus=cpus, _temp_dir=tmp, **kwargs, **extra)
     except SystemExit as err:  # the SIGTERM handler ray.init sets first calls sys.exit(15)
         if err.code == signal.SIGTERM:
             raise Interrupted(signal.SIGTERM) from None
