@@ -102,11 +102,15 @@ def invert(model: nn.Module, update: dict[str, torch.Tensor], facts: AppFacts, *
 
 def score(reconstruction: torch.Tensor, originals: torch.Tensor,
           true_labels: Optional[torch.Tensor] = None, found_labels: Optional[torch.Tensor] = None,
-          match_on: str = "psnr", lpips_net: str = "alex") -> dict:
+          match_on: str = "psnr", lpips_net: Optional[str] = None) -> dict:
     """Best-match pairing, then PSNR, SSIM, RMSE (and LPIPS where its backbone is cached)
-    per pair and on average; label accuracy when both labels are given."""
+    per pair and on average; label accuracy when both labels are given. LPIPS' network is
+    the experiment config's default (`evaluation.lpips_net`) unless given."""
+    from fedsim.config import EvaluationConfig
+
     scores, matched_on, note = score_images(originals, true_labels, reconstruction,
-                                            found_labels, match_on, lpips_net)
+                                            found_labels, match_on,
+                                            lpips_net or EvaluationConfig().lpips_net)
     return {**scores, "matched_on": matched_on, "lpips_note": note}
 
 

@@ -25,7 +25,7 @@ from attacker.attacks.fedavg import local_schedule
 from attacker.user_model import user_model
 from fedsim.app_facts import per_channel
 from fedsim.capture import Capture, CaptureError, load_capture, read_header
-from fedsim.config import ConfigError
+from fedsim.config import ConfigError, EvaluationConfig
 from fedsim.device import resolve_device
 from lab.evaluator import attacks_folder, keep_attack
 from fedsim.record_keys import NUM_EXAMPLES
@@ -53,7 +53,7 @@ class ForeignSettings:
     device: str = "auto"
     seed: int = 0
     match_on: str = "psnr"
-    lpips_net: str = "alex"
+    lpips_net: str = EvaluationConfig().lpips_net  # one default: the config's
     budget: Budget = field(default_factory=Budget)
 
 

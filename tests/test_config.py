@@ -241,3 +241,16 @@ def test_attack_slots_default_to_the_cpus_a_local_run_has_for_them():
     assert attack_slots(from_dict({"simulation": {"attack_slots": 3}}), 2) == 3
     with pytest.raises(ConfigError, match="attack_slots"):
         from_dict({"simulation": {"attack_slots": 0}})
+
+
+def test_every_entry_point_scores_lpips_with_the_configs_network():
+    """fedsim attack on a foreign capture and lab.api.score used "alex" while runs used the
+    config's "vgg": one default now, the config's."""
+    import inspect
+
+    from fedsim.config import EvaluationConfig
+    from lab.api import score
+    from lab.foreign import ForeignSettings
+
+    assert ForeignSettings().lpips_net == EvaluationConfig().lpips_net == "vgg"
+    assert inspect.signature(score).parameters["lpips_net"].default is None  # -> the config's
