@@ -252,5 +252,5 @@ def test_every_entry_point_scores_lpips_with_the_configs_network():
     from lab.api import score
     from lab.foreign import ForeignSettings
 
-    assert ForeignSettings().lpips_net == EvaluationConfig().lpips_net == "vgg"
+    assert ForeignSettings(model="m:f").lpips_net == EvaluationConfig().lpips_net == "vgg"
     assert inspect.signature(score).parameters["lpips_net"].default is None  # -> the config's
