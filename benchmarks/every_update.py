@@ -86,14 +86,16 @@ def one(case: str, group_size, iterations) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path, run_dir = Path(tmp) / "exp.toml", Path(tmp) / "run"
         path.write_text(tomli_w.dumps(cfg))
+        log = Path(tmp) / "stderr.log"  # a file, not a pipe nobody drains while it runs
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path),
-                                 "--run-dir", str(run_dir)], cwd=ROOT, env=ENV,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        rounds_end = last_round_end(run_dir / "metrics.jsonl", cfg["federation"]["num_rounds"],
-                                    proc, t0)
+        with open(log, "w") as err_file:
+            proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "run", str(path),
+                                     "--run-dir", str(run_dir)], cwd=ROOT, env=ENV,
+                                    stdout=subprocess.DEVNULL, stderr=err_file)
+            rounds_end = last_round_end(run_dir / "metrics.jsonl",
+                                        cfg["federation"]["num_rounds"], proc, t0)
         wall = time.perf_counter() - t0
-        err = proc.stderr.read()
+        err = log.read_text()
         attacks, seconds = attack_seconds(run_dir / "leakage.jsonl")
     row = {"case": case, "group_size": group_size if case != "default" else None,
            "exit": proc.returncode, "wall_s": round(wall, 1),

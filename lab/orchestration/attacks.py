@@ -93,6 +93,7 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = Fal
     rounds = a.scheduled_rounds(fed.num_rounds) if rounds is None else rounds
     clients = a.scheduled_clients(fed.num_clients)
     run = RunFolder(run_dir)
+    missing: list[tuple] = []
     for observer in a.observers:
         for rnd in rounds:
             if OBSERVERS[observer].sees == "aggregate":
@@ -120,8 +121,28 @@ def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = Fal
                     log.info("round %d client %d: the %s saw masked SecAgg+ shares only; "
                              "nothing to invert", rnd, client, observer)
                 else:
-                    log.warning("no %s capture for round %d client %d (capture.rounds?)",
-                                observer, rnd, client)
+                    missing.append((observer, rnd, client))
+    _report_missing(missing, sampled=fed.clients_per_round not in (None, fed.num_clients))
+
+
+MISSING_SHOWN = 5  # missing captures named one by one; the rest are counted
+
+
+def _report_missing(missing: list[tuple], sampled: bool) -> None:
+    """Scheduled attacks without a capture, in a few lines however many there are (a
+    100-client federation sampling 10 a round has 90 per round, expected)."""
+    if not missing:
+        return
+    if sampled:
+        log.info("%d scheduled (observer, round, client) have no capture: clients not "
+                 "sampled in that round (federation.clients_per_round)", len(missing))
+        return
+    for observer, rnd, client in missing[:MISSING_SHOWN]:
+        log.warning("no %s capture for round %d client %d (capture.rounds?)",
+                    observer, rnd, client)
+    if len(missing) > MISSING_SHOWN:
+        log.warning("... and %d more scheduled attacks without a capture",
+                    len(missing) - MISSING_SHOWN)
 
 
 def attack_one(cfg: ExperimentConfig, observer: str, rnd: int, client: int, path: Path,
