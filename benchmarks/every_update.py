@@ -120,6 +120,11 @@ def main() -> None:
     for case in args.cases.split(","):
         for size in ([None] if case == "default" else [1, None]):
             rows.append(one(case, size, args.iterations))
+    earlier = Path(__file__).parent / "results" / "every_update.json"
+    if earlier.is_file():  # cases not run this time keep their earlier rows
+        ran = {(r["case"], r["group_size"]) for r in rows}
+        rows = [r for r in json.loads(earlier.read_text())["rows"]
+                if (r["case"], r["group_size"]) not in ran] + rows
     base = next((r["wall_s"] for r in rows if r["case"] == "default"), None)
     for r in rows:
         r["wall_vs_default"] = round(r["wall_s"] / base, 2) if base else None
