@@ -49,6 +49,8 @@ def _model(net: str, folder: Path) -> torch.nn.Module:
         warnings.simplefilter("ignore")  # torchvision's notice about lpips' `pretrained=`
         model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
     model.load_state_dict(_full_state(model, weights), strict=True, assign=True)
+    if model.version != "0.1" or not model.lpips or model.spatial:
+        raise ValueError("fedsim's LPIPS expects lpips' v0.1 linear, non-spatial network")
     return model.eval().requires_grad_(False)
 
 
@@ -71,7 +73,8 @@ def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "vgg") -> torch.
                          f"or 3, got {tuple(x.shape)} and {tuple(y.shape)}")
     model = _model(net, cache_dir())
     a, b = _prep(x), _prep(y)
-    return torch.cat([model(a[i:i + CHUNK], b[i:i + CHUNK]).flatten()
+    return torch.cat([_distance(model, _features(model, a[i:i + CHUNK]),
+                                _features(model, b[i:i + CHUNK]))
                       for i in range(0, len(a), CHUNK)])
 
 
@@ -97,8 +100,8 @@ def _distance(model: torch.nn.Module, f0: list[torch.Tensor], f1: list[torch.Ten
 
 
 def lpips_metric(net: str = "vgg"):
-    """A `fn(original, reconstruction) -> float` on single images (C, H, W), equal to
-    lpips_distance (tests/test_lpips.py); raises LPIPSUnavailable at once when the
+    """A `fn(original, reconstruction) -> float` on single images (C, H, W), the same
+    computation as lpips_distance (tests/test_lpips.py); raises LPIPSUnavailable at once when the
     backbone is not usable. Pairing and baselines score each image against several
     others, so the backbone features of the last FEATURE_CACHE images are kept, keyed by
     their pixels: a batch of B originals costs B backbone passes, not one per pair."""
@@ -106,8 +109,6 @@ def lpips_metric(net: str = "vgg"):
     from collections import OrderedDict
 
     model = _model(net, cache_dir())
-    if model.version != "0.1" or not model.lpips or model.spatial:
-        raise ValueError("lpips_metric expects lpips' v0.1 linear, non-spatial network")
     cache: OrderedDict = OrderedDict()
 
     def features(image: torch.Tensor) -> list[torch.Tensor]:
