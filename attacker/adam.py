@@ -94,22 +94,24 @@ class AdamIteration:
 
 
 def engine_for(problem: InversionProblem, budget: Budget, objective, x0, y0,
-               members=None) -> tuple[AdamIteration, object, str]:
+               members=None, plain=None) -> tuple[AdamIteration, object, str]:
     """(iteration, step, engine name) of `objective` from the start (x0, y0): the mode and
-    restart batching chosen for this problem's model and budget (`attacker.engine`)."""
+    restart batching chosen for this problem's model and budget (`attacker.engine`);
+    `plain`, the objective on plain autograd, for the eager one-restart loop."""
     device = x0.device
     n_params = sum(p.numel() for p in problem.model.parameters())
     batched = batch_restarts(budget.batch_restarts, n_params, device, budget.restarts)
     at_once = x0.shape[:-3].numel() // (1 if batched else budget.restarts)
     mode = resolve_mode(budget.compile, device, n_params, budget.iterations,
-                        batch=at_once, grouped=members is not None)
+                        batch=at_once, vmapped=batched or members is not None)
     if mode == "probe":
         step, mode = fastest_step(objective, x0, y0, batched=batched, members=members,
+                                  plain=plain,
                                   candidates=cpu_candidates(n_params, budget.iterations),
                                   iterations=budget.iterations)
     else:
         step, mode = build_step(objective, x0, y0, batched=batched, mode=mode,
-                                members=members)
+                                members=members, plain=plain)
     it = AdamIteration(step, x0, y0, budget, problem.coordinates(device), problem.labels is None,
                        cuda_graph=mode == "cudagraph")
     return it, step, f"{mode}{'+vmap' if batched else ''}"
@@ -120,7 +122,8 @@ def prepare(problem: InversionProblem, budget: Budget, seed: int = 0):
     run from the seeded start. Tracing and compiling happen here, once per shape."""
     device = next(problem.model.parameters()).device
     x0, y0 = initial_guess(problem, budget, torch.Generator().manual_seed(seed), device)
-    return engine_for(problem, budget, make_objective(problem, budget), x0, y0)
+    return engine_for(problem, budget, make_objective(problem, budget), x0, y0,
+                      plain=make_objective(problem, budget, autograd=True))
 
 
 def iterate(it: AdamIteration, budget: Budget, report: Callable[[int, torch.Tensor], None]

@@ -4,7 +4,10 @@ One attack step is a forward, a backward and a double backward, then an Adam upd
 clamp into the pixel box. At the image sizes of the field the arithmetic is small, so the
 time goes to Python and to launching kernels; each mode removes more of that:
 
-- `eager`: `torch.func.grad_and_value` of the objective, vmapped over restarts or looped.
+- `eager`: one restart after another, a plain autograd loop (`torch.autograd.grad` with
+  `create_graph=True`, then a backward to the dummies): no functorch dispatch per
+  operator, so it runs at the speed of the loop anyone would write. Vmapped restarts or a
+  group of captures take `torch.func.grad_and_value` of the objective instead.
 - `graph`: that step traced once by `make_fx` into one aten graph (forward, backward and
   double backward as explicit ops): no module hooks, no autograd tape at run time.
 - `inductor`: the traced step compiled by `torch.compile` (fused C++ or Triton kernels).
@@ -42,10 +45,12 @@ MODES = ("auto", "eager", "graph", "inductor", "cudagraph")
 # (a few steps each, some seconds at most), shorter ones follow the rule below.
 AUTO_PROBE_MIN_ITERATIONS = 1_000
 AUTO_PROBE_TRIALS = 3
-# Measured on 2 CPU threads (issue 24's table): the traced graph beats eager for the LeNet
-# at batch 1; eager wins at batch 16 and on ResNet-18. Inductor compiles for 10-25 s
-# (LeNet) to a minute (ResNet-18), so it is a candidate only for small models over runs
-# long enough that its compile can pay back.
+# The short-run rule (benchmarks/attack_speed.py, 2 CPU threads): one restart of one
+# capture runs the plain autograd loop (`eager`), at the speed of the loop anyone would
+# write and with no set-up; vmapped restarts or a group run the traced graph where it is
+# small (the LeNet, a few examples at once), eager otherwise (ResNet-18, large batches).
+# Inductor compiles for 10-25 s (LeNet) to a minute (ResNet-18), so it is a candidate
+# only for small models over runs long enough that its compile can pay back.
 AUTO_GRAPH_MAX_EXAMPLES = 4          # batch x group members x restarts stepped at once
 AUTO_GRAPH_MAX_PARAMS = 1_000_000
 AUTO_INDUCTOR_MAX_PARAMS = 1_000_000
@@ -58,9 +63,10 @@ AUTO_BATCH_MAX_PARAMS = 1_000_000
 
 
 def resolve_mode(mode: str, device, n_params: int = 0, iterations: int = 0, batch: int = 1,
-                 grouped: bool = False) -> str:
+                 vmapped: bool = False) -> str:
     """The mode to run, or "probe" (CPU, auto, a long run): time `cpu_candidates` at
-    start-up (`fastest_step`). `batch` counts every example stepped at once."""
+    start-up (`fastest_step`). `batch` counts every example stepped at once; `vmapped`:
+    restarts or a group's members are stepped in one vmapped call."""
     if mode not in MODES:
         raise ValueError(f"attack.compile {mode!r} is not one of {list(MODES)}")
     cuda = torch.device(device).type == "cuda"
@@ -69,6 +75,8 @@ def resolve_mode(mode: str, device, n_params: int = 0, iterations: int = 0, batc
             return "cudagraph"
         if iterations >= AUTO_PROBE_MIN_ITERATIONS:
             return "probe"
+        if not vmapped:
+            return "eager"
         small = n_params <= AUTO_GRAPH_MAX_PARAMS and batch <= AUTO_GRAPH_MAX_EXAMPLES
         return "graph" if small else "eager"
     if mode == "cudagraph" and not cuda:
@@ -95,14 +103,18 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], tuple]
 
 
 def build_step(objective, x: torch.Tensor, y: torch.Tensor, *, batched: bool,
-               mode: str, members=None) -> tuple[StepFn, str]:
+               mode: str, members=None, plain=None) -> tuple[StepFn, str]:
     """(step, mode that runs it): step(x, y) -> ((grad_x, grad_y), (total, match)) for all
     restarts (leading dim). With `members` (a pytree stacked over a group of captures,
     `attacker.groups`) the objective takes it as a third argument and everything has a
     leading member dim before the restart dim; the members are vmapped, the restarts as
     without. An inductor compile that fails (no C++ compiler, say) is said in one warning
-    and the traced graph runs instead."""
+    and the traced graph runs instead. `plain`: the same objective with plain-autograd inner
+    gradients (`attacker.objective.autograd_grad`), which `eager` runs one restart after
+    another where nothing is vmapped."""
     grouped = members is not None
+    if mode == "eager" and not batched and not grouped and plain is not None:
+        return _looped(_autograd_step(plain)), mode
     step = grad_and_value(objective, argnums=(0, 1), has_aux=True)
     if batched:
         step = vmap(step, in_dims=(0, 0, None) if grouped else 0)
@@ -128,6 +140,19 @@ def build_step(objective, x: torch.Tensor, y: torch.Tensor, *, batched: bool,
     return (step if batched else _looped(step, dim=1 if grouped else 0)), mode
 
 
+def _autograd_step(objective) -> StepFn:
+    """grad_and_value(objective, argnums=(0, 1), has_aux=True) on plain autograd; unused
+    label logits (fixed labels) get a zero gradient, as torch.func gives them."""
+    def step(x, y):
+        with torch.enable_grad():
+            x, y = x.detach().requires_grad_(True), y.detach().requires_grad_(True)
+            total, match = objective(x, y)
+            gx, gy = torch.autograd.grad(total, (x, y), allow_unused=True,
+                                         materialize_grads=True)
+        return (gx, gy), (total.detach(), match.detach())
+    return step
+
+
 def _bound(step, members):
     return lambda x, y: step(x, y, members)
 
@@ -145,14 +170,15 @@ def _looped(one, dim: int = 0):
 
 
 def fastest_step(objective, x, y, *, batched: bool, candidates: list[str], iterations: int,
-                 members=None) -> tuple[StepFn, str]:
+                 members=None, plain=None) -> tuple[StepFn, str]:
     """Build each candidate, time its first call (set-up) and AUTO_PROBE_TRIALS more, and
     keep the one with the least set-up + iterations x time per step. The modes take the
     same steps to float rounding, so the pick changes the speed, not the attack."""
     best = None
     for mode in candidates:
         t = time.perf_counter()
-        step, got = build_step(objective, x, y, batched=batched, mode=mode, members=members)
+        step, got = build_step(objective, x, y, batched=batched, mode=mode, members=members,
+                               plain=plain)
         step(x, y)
         setup = time.perf_counter() - t
         t = time.perf_counter()

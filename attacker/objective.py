@@ -27,13 +27,31 @@ def member_of(problem: InversionProblem) -> dict:
     return {k: v for k, v in member.items() if v is not None}
 
 
+def autograd_grad(fn, has_aux: bool = True):
+    """`torch.func.grad(fn, has_aux=True)`'s contract on plain autograd: the gradient with
+    respect to `params` with `create_graph=True`, so that a backward through it reaches the
+    dummy data. The eager one-restart loop uses it: no functorch dispatch per operator, so
+    it runs at a plain autograd loop's speed (benchmarks/attack_speed.py). `has_aux` is
+    torch.func.grad's argument: `fn` always returns (loss, aux) here."""
+
+    def g(params, *args):
+        leaves = {k: v if v.requires_grad else v.detach().requires_grad_(True)
+                  for k, v in params.items()}
+        loss, aux = fn(leaves, *args)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True,
+                                    allow_unused=True, materialize_grads=True)
+        return dict(zip(leaves, grads)), aux
+    return g
+
+
 class UpdateSimulator:
     """Maps dummy (x, y) to the update the client would have sent from weights `params`,
-    functionally."""
+    functionally (`torch.func.grad`, or plain autograd with `autograd=True`)."""
 
-    def __init__(self, problem: InversionProblem):
+    def __init__(self, problem: InversionProblem, autograd: bool = False):
         self.problem = problem
         self.model = functional_copy(problem.model)
+        self.grad = autograd_grad if autograd else grad
 
     def _loss(self, params, x, y):
         recorder = BNRecorder(self.model) if self.problem.bn_targets is not None else None
@@ -51,7 +69,7 @@ class UpdateSimulator:
         """Returns (update dict, BatchNorm inputs of the first forward)."""
         p = self.problem
         if p.local_steps == 0:
-            return grad(self._loss, has_aux=True)(params, x, y)
+            return self.grad(self._loss, has_aux=True)(params, x, y)
         # FedAvg replay: the client's optimiser over fixed sequential batches of the dummy
         # data, of the recorded sizes, wrapping around at the end of each pass; an empty
         # (Poisson) batch is a step without gradient (DP-SGD adds only noise to it)
@@ -66,7 +84,7 @@ class UpdateSimulator:
             idx = [(start + k) % n for k in range(size)]
             start = (start + size) % n
             sl = slice(idx[0], idx[0] + size) if idx == list(range(idx[0], idx[0] + size)) else idx
-            g, feats = grad(self._loss, has_aux=True)(params, x[sl], y[sl])
+            g, feats = self.grad(self._loss, has_aux=True)(params, x[sl], y[sl])
             features = feats if features is None else features
             params, buf = p.local_optimizer.step(params, g, p.local_lr, buf)
         return {n: params[n] - start_params[n] for n in params}, features
@@ -76,12 +94,14 @@ def labels_from(y_param: torch.Tensor, fixed) -> torch.Tensor:
     return fixed if fixed is not None else F.softmax(y_param, dim=-1)
 
 
-def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
+def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = False,
+                     autograd: bool = False):
     """objective(z, y_logits, member) -> (total, match) for one restart of any problem
     shaped like `problem` (`member_of`), z in the problem's normalised coordinates (the
     image priors see z, as in the released code); with `pixels=True` it takes pixel-space
-    images instead."""
-    sim = UpdateSimulator(problem)
+    images instead. `autograd=True`: inner gradients by plain autograd (`autograd_grad`),
+    for the eager loop; not for vmap or tracing."""
+    sim = UpdateSimulator(problem, autograd)
     dist = DISTANCES[budget.distance or "cosine"]
     weights = {k: w for k, w in budget.prior_weights().items() if w > 0}
     co = problem.coordinates(next(problem.model.parameters()).device)
@@ -104,7 +124,9 @@ def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = F
     return objective
 
 
-def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = False):
+def make_objective(problem: InversionProblem, budget: Budget, pixels: bool = False,
+                   autograd: bool = False):
     """objective(z, y_logits) -> (total, match) for one restart of this problem."""
-    objective, member = member_objective(problem, budget, pixels), member_of(problem)
+    objective = member_objective(problem, budget, pixels, autograd)
+    member = member_of(problem)
     return lambda z, y_logits: objective(z, y_logits, member)

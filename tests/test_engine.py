@@ -94,9 +94,14 @@ def test_signed_gradient_option_follows_the_reference(digits):
 
 def test_mode_choice():
     assert resolve_mode("auto", "cpu", n_params=60_000, iterations=10_000) == "probe"
-    assert resolve_mode("auto", "cpu", n_params=60_000, iterations=100) == "graph"
-    assert resolve_mode("auto", "cpu", n_params=60_000, iterations=100, batch=16) == "eager"
-    assert resolve_mode("auto", "cpu", n_params=11_000_000, iterations=300) == "eager"
+    # a short run of one restart of one capture: the plain autograd loop
+    assert resolve_mode("auto", "cpu", n_params=60_000, iterations=100) == "eager"
+    # vmapped restarts or a group: the traced graph for a few small examples at once
+    assert resolve_mode("auto", "cpu", n_params=60_000, iterations=100, vmapped=True) == "graph"
+    assert resolve_mode("auto", "cpu", n_params=60_000, iterations=100, batch=16,
+                        vmapped=True) == "eager"
+    assert resolve_mode("auto", "cpu", n_params=11_000_000, iterations=300,
+                        vmapped=True) == "eager"
     assert cpu_candidates(60_000, 10_000) == ["eager", "graph", "inductor"]
     assert cpu_candidates(11_000_000, 10_000) == ["eager", "graph"]
     assert resolve_mode("auto", "cuda") == "cudagraph"

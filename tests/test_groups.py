@@ -71,6 +71,22 @@ def test_each_member_takes_its_solo_steps(exp, size, replay, known, bn):
         assert grouped[0].restart_losses != grouped[1].restart_losses
 
 
+@pytest.mark.parametrize("replay", [False, True])
+def test_the_plain_autograd_eager_loop_takes_the_traced_steps(exp, replay):
+    """One restart, nothing vmapped: `eager` runs on plain autograd (inner gradients with
+    create_graph, attacker.objective.autograd_grad) instead of torch.func; with BatchNorm
+    statistics, optimised labels and a FedAvg replay it takes the traced graph's steps."""
+    prob = _member(exp, 1, replay=replay, known=False, bn=True)
+    budget = dict(iterations=6, restarts=1, bn_weight=0.1, tv_weight=0.0, batch_restarts="off")
+    plain = invert_adam(prob, Budget(**budget, compile="eager"), seed=4)
+    traced = invert_adam(prob, Budget(**budget, compile="graph"), seed=4)
+    assert (plain.engine, traced.engine) == ("eager", "graph")
+    torch.testing.assert_close(torch.tensor(plain.history), torch.tensor(traced.history),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(plain.images, traced.images, rtol=0, atol=1e-4)
+    assert torch.equal(plain.labels, traced.labels)
+
+
 @pytest.mark.parametrize("mode,batched", [("eager", "on"), ("graph", "off"), ("graph", "on"),
                                           ("inductor", "on")])
 def test_every_cpu_mode_runs_groups(exp, mode, batched):
@@ -111,11 +127,11 @@ def test_auto_mode_for_groups_is_one_that_runs_them():
     only by benchmarks/gpu/attack_throughput.sh)."""
     for kw in ({"n_params": 60_000, "iterations": 10_000}, {"n_params": 11_000_000},
                {"n_params": 60_000, "iterations": 100, "batch": 64}):
-        assert resolve_mode("auto", "cpu", grouped=True, **kw) in ("eager", "graph", "probe")
+        assert resolve_mode("auto", "cpu", vmapped=True, **kw) in ("eager", "graph", "probe")
     assert set(cpu_candidates(60_000, 10_000)) <= {"eager", "graph", "inductor"}
-    assert resolve_mode("auto", "cuda", grouped=True, n_params=60_000) == "cudagraph"
+    assert resolve_mode("auto", "cuda", vmapped=True, n_params=60_000) == "cudagraph"
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        resolve_mode("cudagraph", "cpu", grouped=True)
+        resolve_mode("cudagraph", "cpu", vmapped=True)
 
 
 def test_on_a_cpu_unset_group_size_groups_only_where_it_paid(exp, tmp_path):
