@@ -163,6 +163,38 @@ OPTIMISER_FIELDS = ("iterations", "lr", "tv_weight", "bn_weight", "restarts", "i
                     "batch_restarts", "compile", "distance", "signed")
 
 
+TUNABLE = ("lr", "tv_weight", "bn_weight", "restarts", "init", "distance", "signed")
+
+
+class TuningConfig(_Section):
+    """The attacker's own search over its settings, per attacked update (attacker.tuning):
+    every candidate is a full attack, the one with the lowest gradient-matching loss is
+    kept; the private images are never consulted. `oracle` also records the candidate with
+    the best true PSNR, in a file of its own (an upper bound, not an attack)."""
+
+    search: Literal["off", "grid", "tpe"] = Field(
+        default="off", description="off; grid: every point of the space (at most `trials`, "
+        "drawn from the seed); tpe: Optuna's TPE sampler for `trials` trials")
+    trials: int = Field(default=8, ge=1, le=256, description="attacks per update at most")
+    space: dict[str, list[Union[bool, int, float, str]]] = Field(
+        default_factory=lambda: {"lr": [0.03, 0.1, 0.3], "tv_weight": [0.0, 0.01, 0.1]},
+        description="candidate values per attack setting: " + ", ".join(TUNABLE))
+    oracle: bool = Field(default=True, description="also keep the best candidate by true "
+                         "PSNR, as leakage_oracle.jsonl (labelled an upper bound)")
+
+    @model_validator(mode="after")
+    def _space(self):
+        for name, values in self.space.items():
+            if name not in TUNABLE:
+                raise ValueError(f"attack.tuning.space key {name!r} is not one of "
+                                 f"{list(TUNABLE)}")
+            if not values:
+                raise ValueError(f"attack.tuning.space.{name} is empty: give at least one value")
+        if self.search != "off" and not self.space:
+            raise ValueError("attack.tuning.space is empty: name at least one setting to search")
+        return self
+
+
 class AttackConfig(_Section):
     enabled: bool = False
     name: str = "inverting_gradients"
@@ -204,6 +236,25 @@ class AttackConfig(_Section):
     match_on: Literal[MATCH_METRICS] = Field(
         default="psnr", description="metric that pairs originals with reconstructions")
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+
+    @model_validator(mode="after")
+    def _tuning_values(self):
+        """Every candidate of the search is a valid value of its own field."""
+        base = self.model_dump(exclude={"tuning"})
+        for name, values in self.tuning.space.items():
+            for value in values:
+                try:
+                    AttackConfig.model_validate({**base, "tuning": {"space": {}}, name: value})
+                except ValidationError as err:
+                    msg = err.errors()[0]["msg"]
+                    raise ValueError(f"attack.tuning.space.{name} value {value!r}: {msg}") \
+                        from None
+        return self
+
+    def one_at_a_time(self) -> bool:
+        """Attacks are not grouped: asked for, or tuned (every candidate its own attack)."""
+        return self.group_size == 1 or self.tuning.search != "off"
 
     def scheduled_rounds(self, num_rounds: int) -> list[int]:
         if self.rounds == "all":

@@ -6,6 +6,7 @@ same names in every writer and reader, so they are spelled here and nowhere else
 
     config.toml      the resolved experiment          metrics.jsonl  one row per round
     leakage.jsonl    one row per attack               rounds.csv / summary.csv  tables
+    leakage_oracle.jsonl  the oracle-tuned upper bound of tuned attacks (attack.tuning)
     report.html/.md  the report                       run.lock       held while a run writes
     captures/round_RRR/global.pt, <observer>_client_PPP.pt/.json, <observer>_aggregate.pt
     attacks/round_RRR_<capture stem>_<attack>.png/.pt/.json   one attack's files
@@ -48,6 +49,8 @@ class RunFolder:
     config = property(lambda self: self.root / "config.toml")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     leakage = property(lambda self: self.root / "leakage.jsonl")
+    # the oracle-tuned upper bound (attack.tuning.oracle): never in leakage.jsonl's tables
+    oracle_leakage = property(lambda self: self.root / "leakage_oracle.jsonl")
     rounds_csv = property(lambda self: self.root / "rounds.csv")
     summary_csv = property(lambda self: self.root / "summary.csv")
     report_html = property(lambda self: self.root / "report.html")

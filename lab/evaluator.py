@@ -8,6 +8,7 @@ soon as it is known so that a later failure loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -76,12 +77,12 @@ def attack_stem(run_dir: Path, cap: Capture, name: str) -> str:
     return stem
 
 
-def keep_record(run_dir: Path, stem: str, record: dict) -> None:
+def keep_record(run_dir: Path, stem: str, record: dict, table: Optional[Path] = None) -> None:
     """An attack's record: RUN_DIR/attacks/<stem>.json (every detail) and its row in
-    RUN_DIR/leakage.jsonl."""
+    `table` (RUN_DIR/leakage.jsonl unless given)."""
     record["result"] = f"attacks/{stem}.json"
     (Path(run_dir) / record["result"]).write_text(json.dumps(record, indent=2))
-    append_row(RunFolder(run_dir).leakage, leakage_row(record))
+    append_row(table or RunFolder(run_dir).leakage, leakage_row(record))
 
 
 def score(exp: Experiment, cap: Capture, images: torch.Tensor, labels: torch.Tensor,
@@ -122,8 +123,8 @@ def _scored_fields(scores: dict, matched_on: str, lpips_note: Optional[str]) -> 
 def keep_attack(run_dir: Path, cap: Capture, name: str, knowledge: Knowledge,
                 result: InversionResult, originals: Optional[torch.Tensor],
                 true_labels: Optional[torch.Tensor], match_on: str, lpips_net: str,
-                mean_image: Optional[torch.Tensor] = None, fields: Optional[dict] = None
-                ) -> dict:
+                mean_image: Optional[torch.Tensor] = None, fields: Optional[dict] = None,
+                table: Optional[Path] = None) -> dict:
     """Keep one attack, for every path that attacks (a fedsim run's, a foreign app's): the
     reconstructions (so `fedsim evaluate` can re-score them without re-attacking), the grid,
     the scores against `originals` when they are known (the experiment's oracle, or yours),
@@ -159,12 +160,13 @@ def keep_attack(run_dir: Path, cap: Capture, name: str, knowledge: Knowledge,
                  result.seconds)
         if lpips_note:
             log.info("%s", lpips_note)
-    keep_record(run_dir, stem, record)
+    keep_record(run_dir, stem, record, table)
     return record
 
 
 def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: str,
-                  knowledge: Knowledge, result: InversionResult, run_dir: Path) -> dict:
+                  knowledge: Knowledge, result: InversionResult, run_dir: Path,
+                  fields: Optional[dict] = None, table: Optional[Path] = None) -> dict:
     """One attack of a fedsim run, scored against the private batch the oracle knows."""
     originals, true_labels = private_batch(exp, cap)
     target = ("aggregate of partitions " + str(list(cap.facts.partitions or []))
@@ -175,7 +177,30 @@ def record_attack(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: st
                        cfg.attack.match_on, cfg.evaluation.lpips_net,
                        mean_image=exp.dataset.x_train.mean(dim=0),
                        fields={"target": target, "batch_size": len(originals),
-                               "capture": capture.as_posix()})
+                               "capture": capture.as_posix(), **(fields or {})},
+                       table=table)
+
+
+ORACLE_SUFFIX = "_oracle_tuned"  # the attack name of an oracle-tuned record
+
+
+def record_oracle(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: str,
+                  knowledge: Knowledge, trials: list, run_dir: Path, searched: dict) -> dict:
+    """Of a tuned attack's candidates (`attacker.tuning.Trial`), the one with the best
+    true PSNR: what the strongest attacker of this family could reach, an upper bound that
+    no attacker can select (it needs the private images). Kept in leakage_oracle.jsonl and
+    as `<attack>_oracle_tuned`, never beside the attacker's own choice."""
+    originals, _ = private_batch(exp, cap)
+    psnr = [score_reconstruction(originals, t.result.images)["psnr"] for t in trials]
+    pick = max(range(len(trials)), key=lambda i: psnr[i])
+    result = dataclasses.replace(trials[pick].result,
+                                 seconds=sum(t.result.seconds for t in trials))
+    return record_attack(cfg, exp, cap, name + ORACLE_SUFFIX, knowledge, result, run_dir,
+                         fields={"tuning": {**searched, "chosen": trials[pick].settings,
+                                            "chosen_by": "true PSNR (oracle: an upper bound, "
+                                                         "not an attack)",
+                                            "trial_psnr": psnr}},
+                         table=RunFolder(run_dir).oracle_leakage)
 
 
 def rescore(run_dir: Path, cfg: ExperimentConfig, match_on: str, lpips_net: str) -> list[dict]:

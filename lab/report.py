@@ -238,6 +238,15 @@ def build_report(run_dir: Path) -> Path:
         md += [f"Final global accuracy {final.get('global_accuracy', float('nan')):.3f} "
                f"after round {final['round']}.", ""]
 
+    oracle = [r for r in read_rows(RunFolder(run_dir).oracle_leakage) if r.get("psnr") is not None]
+    if oracle:
+        for r in oracle:
+            r["verdict"] = verdict(r)
+        h, m = _table(oracle, LEAKAGE_COLUMNS)
+        html_parts.append(f"<h2>Oracle-tuned upper bound</h2><p>{html.escape(ORACLE_NOTE)}</p>"
+                          + h)
+        md += ["## Oracle-tuned upper bound", "", ORACLE_NOTE, "", m, ""]
+
     html_parts.append("<h2>Reconstructions</h2>")
     md += ["## Reconstructions", ""]
     exp = experiment_for(cfg)
@@ -269,6 +278,11 @@ def build_report(run_dir: Path) -> Path:
     RunFolder(run_dir).report_html.write_text(page)
     RunFolder(run_dir).report_md.write_text("\n".join(md))
     return RunFolder(run_dir).report_html
+
+
+ORACLE_NOTE = ("Of each tuned attack's candidates, the one with the best true PSNR: what the "
+               "strongest attacker of this family could reach. It needs the private images, "
+               "so no attacker can select it: an upper bound, kept out of every table above.")
 
 
 SWEEP_COLUMNS = [("label", "setting"), ("observer", "observer"),

@@ -31,6 +31,10 @@ def check_registries(cfg: ExperimentConfig) -> ExperimentConfig:
                                       ("distance", a.distance, DISTANCES)):
             if value is not None and value not in allowed:
                 raise ValueError(f"attack.{field} {value!r} is not one of {sorted(allowed)}")
+            bad = [v for v in a.tuning.space.get(field, []) if v not in allowed]
+            if bad:
+                raise ValueError(f"attack.tuning.space.{field} {bad[0]!r} is not one of "
+                                 f"{sorted(allowed)}")
         if cfg.attack.enabled:
             ATTACKS[cfg.attack.name].check_config(cfg)
         unknown = [d.name for d in cfg.defenses if d.name not in DEFENSES]

@@ -16,7 +16,7 @@ from attacker.target import observe
 from fedsim.capture import AGGREGATE, capture_stem, load_capture
 from fedsim.config import ExperimentConfig
 from fedsim.device import resolve_device
-from lab.evaluator import attacks_folder, record_attack
+from lab.evaluator import attacks_folder, record_attack, record_oracle
 from fedsim.experiment import experiment_for
 from lab.oracle import grant_knowledge
 from fedsim.records import append_row, disk_full
@@ -76,12 +76,47 @@ def attack_capture(cfg: ExperimentConfig, capture_path: Path, run_dir: Path,
     update, close = _progress_bar(cfg.attack.iterations,
                                   f"{name} r{cap.round} {capture_stem(cap.observer, cap.partition_id)}",
                                   progress)
+    if cfg.attack.tuning.search != "off":
+        close()
+        return tuned_attack(cfg, exp, cap, obs, knowledge, attack, Path(run_dir))
     try:
         result = attack.run(obs, knowledge, seed=cfg.seed, progress=update)
     finally:
         close()
     # ---- evaluator side: originals come from the oracle, only now
     return record_attack(cfg, exp, cap, name, knowledge, result, Path(run_dir))
+
+
+def tuned_attack(cfg: ExperimentConfig, exp, cap, obs, knowledge, attack, run_dir: Path
+                 ) -> dict:
+    """`attack.tuning`: the attacker's search on one update, its own choice recorded as the
+    attack (charged the whole search's time), and with `tuning.oracle` the best candidate by
+    true PSNR kept apart, in leakage_oracle.jsonl, as the upper bound it is."""
+    from attacker.tuning import best, combined, tune
+
+    t = cfg.attack.tuning
+    problem = attack.problem(obs, knowledge)
+    stem = capture_stem(cap.observer, cap.partition_id)
+
+    def report(trial):
+        log.info("tuning %s r%d %s: %s -> matching loss %.4g", attack.name, cap.round, stem,
+                 trial.settings, trial.judged_loss)
+
+    trials = tune(lambda b: type(attack)(b).solve(problem, cfg.seed, None), problem,
+                  attack.budget, t.search, t.space, t.trials, cfg.seed, report)
+    for trial in trials:
+        trial.result = attack.finish(obs, trial.result)
+    choice = best(trials)
+    searched = {"search": t.search, "trials": len(trials),
+                "space": {k: list(v) for k, v in t.space.items()}}
+    # ---- evaluator side: originals come from the oracle, only now
+    row = record_attack(cfg, exp, cap, attack.name, knowledge, combined(choice, trials),
+                        run_dir, fields={"tuning": {**searched, "chosen": choice.settings,
+                                                    "chosen_by": "gradient-matching loss",
+                                                    "judged_loss": choice.judged_loss}})
+    if t.oracle:
+        record_oracle(cfg, exp, cap, attack.name, knowledge, trials, run_dir, searched)
+    return row
 
 
 def targets(cfg: ExperimentConfig, run_dir: Path, rounds=None, quiet: bool = False):
@@ -160,7 +195,7 @@ def attack_run(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> l
     """The configured attacks on a finished run's captures: one after another with
     `attack.group_size = 1`, else grouped (`attack_grouped`)."""
     found = list(targets(cfg, run_dir))
-    if cfg.attack.group_size == 1:
+    if cfg.attack.one_at_a_time():
         return [attack_one(cfg, *target, run_dir, progress=progress) for target in found]
     return attack_grouped(cfg, found, run_dir)
 

@@ -46,7 +46,7 @@ def _attack_task(cfg_toml: str, targets: list, run_dir: str, threads: int) -> li
     torch.set_num_threads(max(threads, 1))
     cfg = from_dict(tomllib.loads(cfg_toml))
     found = [(o, r, c, Path(p)) for o, r, c, p in targets]
-    if cfg.attack.group_size == 1:
+    if cfg.attack.one_at_a_time():
         return [attack_one(cfg, *t, Path(run_dir)) for t in found]
     return attack_grouped(cfg, found, Path(run_dir))
 
@@ -112,7 +112,7 @@ class AttacksDuringTraining:
                 if not self.pending:
                     self.pending_since = time.monotonic()
                 self.pending.append((*key, str(target[3])))
-        size = self.cfg.attack.group_size or GATHER
+        size = 1 if self.cfg.attack.one_at_a_time() else self.cfg.attack.group_size or GATHER
         while len(self.pending) >= size:
             self._submit(self.pending[:size])
             self.pending = self.pending[size:]
