@@ -97,7 +97,7 @@ def engine_for(problem: InversionProblem, budget: Budget, objective, x0, y0,
                members=None, plain=None) -> tuple[AdamIteration, object, str]:
     """(iteration, step, engine name) of `objective` from the start (x0, y0): the mode and
     restart batching chosen for this problem's model and budget (`attacker.engine`);
-    `plain`, the objective on plain autograd, for the eager one-restart loop."""
+    `plain()` builds the objective on plain autograd, for the eager one-restart loop."""
     device = x0.device
     n_params = sum(p.numel() for p in problem.model.parameters())
     batched = batch_restarts(budget.batch_restarts, n_params, device, budget.restarts)
@@ -123,7 +123,7 @@ def prepare(problem: InversionProblem, budget: Budget, seed: int = 0):
     device = next(problem.model.parameters()).device
     x0, y0 = initial_guess(problem, budget, torch.Generator().manual_seed(seed), device)
     return engine_for(problem, budget, make_objective(problem, budget), x0, y0,
-                      plain=make_objective(problem, budget, autograd=True))
+                      plain=lambda: make_objective(problem, budget, autograd=True))
 
 
 def iterate(it: AdamIteration, budget: Budget, report: Callable[[int, torch.Tensor], None]

@@ -109,12 +109,12 @@ def build_step(objective, x: torch.Tensor, y: torch.Tensor, *, batched: bool,
     `attacker.groups`) the objective takes it as a third argument and everything has a
     leading member dim before the restart dim; the members are vmapped, the restarts as
     without. An inductor compile that fails (no C++ compiler, say) is said in one warning
-    and the traced graph runs instead. `plain`: the same objective with plain-autograd inner
-    gradients (`attacker.objective.autograd_grad`), which `eager` runs one restart after
-    another where nothing is vmapped."""
+    and the traced graph runs instead. `plain()` builds the same objective with
+    plain-autograd inner gradients (`attacker.objective.autograd_grad`), which `eager` runs
+    one restart after another where nothing is vmapped: only then, as it copies the model."""
     grouped = members is not None
     if mode == "eager" and not batched and not grouped and plain is not None:
-        return _looped(_autograd_step(plain)), mode
+        return _looped(_autograd_step(plain())), mode
     step = grad_and_value(objective, argnums=(0, 1), has_aux=True)
     if batched:
         step = vmap(step, in_dims=(0, 0, None) if grouped else 0)

@@ -10,12 +10,13 @@ failure is one line naming the field and what it accepts.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from fedsim.data.datasets import LOADERS
 from fedsim.metrics.image import METRICS
@@ -195,6 +196,14 @@ class TuningConfig(_Section):
         return self
 
 
+@functools.cache
+def _field_adapter(name: str) -> TypeAdapter:
+    """A validator of one `[attack]` field alone, with the sections' strictness."""
+    field = AttackConfig.model_fields[name]
+    return TypeAdapter(Annotated[field.annotation, field],
+                       config=ConfigDict(strict=True, allow_inf_nan=False))
+
+
 class AttackConfig(_Section):
     enabled: bool = False
     name: str = "inverting_gradients"
@@ -240,12 +249,12 @@ class AttackConfig(_Section):
 
     @model_validator(mode="after")
     def _tuning_values(self):
-        """Every candidate of the search is a valid value of its own field."""
-        base = self.model_dump(exclude={"tuning"})
+        """Every candidate of the search is a valid value of its own field (its type and
+        bounds, checked as the field checks them)."""
         for name, values in self.tuning.space.items():
             for value in values:
                 try:
-                    AttackConfig.model_validate({**base, "tuning": {"space": {}}, name: value})
+                    _field_adapter(name).validate_python(value)
                 except ValidationError as err:
                     msg = err.errors()[0]["msg"]
                     raise ValueError(f"attack.tuning.space.{name} value {value!r}: {msg}") \

@@ -8,7 +8,6 @@ soon as it is known so that a later failure loses nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Optional
 import torch
 
 from attacker.problem import InversionResult
+from attacker.tuning import combined
 from attacker.knowledge import Knowledge
 from fedsim.capture import AGGREGATE, Capture, capture_stem
 from fedsim.config import ExperimentConfig
@@ -187,15 +187,14 @@ ORACLE_SUFFIX = "_oracle_tuned"  # the attack name of an oracle-tuned record
 def record_oracle(cfg: ExperimentConfig, exp: Experiment, cap: Capture, name: str,
                   knowledge: Knowledge, trials: list, run_dir: Path, searched: dict) -> dict:
     """Of a tuned attack's candidates (`attacker.tuning.Trial`), the one with the best
-    true PSNR: what the strongest attacker of this family could reach, an upper bound that
+    true PSNR, charged the whole search's time as the attacker's choice is: what the strongest attacker of this family could reach, an upper bound that
     no attacker can select (it needs the private images). Kept in leakage_oracle.jsonl and
     as `<attack>_oracle_tuned`, never beside the attacker's own choice."""
     originals, _ = private_batch(exp, cap)
     psnr = [score_reconstruction(originals, t.result.images)["psnr"] for t in trials]
     pick = max(range(len(trials)), key=lambda i: psnr[i])
-    result = dataclasses.replace(trials[pick].result,
-                                 seconds=sum(t.result.seconds for t in trials))
-    return record_attack(cfg, exp, cap, name + ORACLE_SUFFIX, knowledge, result, run_dir,
+    return record_attack(cfg, exp, cap, name + ORACLE_SUFFIX, knowledge,
+                         combined(trials[pick], trials), run_dir,
                          fields={"tuning": {**searched, "chosen": trials[pick].settings,
                                             "chosen_by": "true PSNR (oracle: an upper bound, "
                                                          "not an attack)",

@@ -2,6 +2,7 @@
 the lowest matching loss, never looks at the private images, and the oracle-tuned upper
 bound is kept in a file of its own."""
 
+import dataclasses
 import json
 
 import pytest
@@ -43,8 +44,7 @@ def test_the_judged_loss_is_the_attacks_own_matching_loss_without_priors(problem
     judged = judged_loss(prob, result, _budget())
     # the attack's match loss is of its images before the clamp to the box: equal to rounding
     assert judged == pytest.approx(result.match_loss, rel=1e-3, abs=1e-5)
-    far = judged_loss(prob, result.__class__(**{**result.__dict__,
-                                               "images": torch.rand_like(result.images)}),
+    far = judged_loss(prob, dataclasses.replace(result, images=torch.rand_like(result.images)),
                       _budget())
     assert far > judged
 
