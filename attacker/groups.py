@@ -43,7 +43,7 @@ def shape_key(problem: InversionProblem) -> tuple:
     return (type(p.model).__qualname__, repr(p.model), _shapes(member_of(p)), p.batch_size,
             tuple(p.image_shape), p.num_classes, p.local_steps, p.local_lr,
             tuple(p.local_batch_sizes or ()), repr(p.local_optimizer), p.loss_divisor,
-            tuple(p.box), p.input_mean, p.input_std)
+            tuple(p.box), p.input_mean, p.input_std, p.mix)
 
 
 def stack_members(problems: list[InversionProblem]) -> dict:
@@ -117,7 +117,7 @@ def default_group_size(problem: InversionProblem, budget: Budget) -> int:
     if device.type != "cuda" and not groups_pay_on_cpu(problem.model):
         return 1
     n_params = sum(p.numel() for p in problem.model.parameters())
-    pixels = budget.restarts * problem.batch_size * int(torch.tensor(problem.image_shape).prod())
+    pixels = budget.restarts * problem.dummies * int(torch.tensor(problem.image_shape).prod())
     per_member = 4 * (8 * n_params + 64 * pixels)
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

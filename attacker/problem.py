@@ -35,6 +35,14 @@ class InversionProblem:
     box: tuple[float, float] = (0.0, 1.0)   # valid pixel range of the training inputs
     input_mean: Optional[tuple[float, ...]] = None  # the model's input normalisation: the
     input_std: Optional[tuple[float, ...]] = None   # images are optimised as (x - mean) / std
+    soft_labels: bool = False               # declared mixed labels: optimised ones stay soft
+    mix: Optional[tuple[float, ...]] = None  # `sources` model of a declared mix: k sources
+                                             # per input, mixed by these (attacker.mixing)
+
+    @property
+    def dummies(self) -> int:
+        """Images optimised: the batch, or k sources per input under the `sources` model."""
+        return self.batch_size * (len(self.mix) if self.mix else 1)
 
     def coordinates(self, device) -> "Coordinates":
         return Coordinates.of(self, device)
@@ -102,6 +110,7 @@ class InversionResult:
     device: str
     history: list[float] = field(default_factory=list)
     engine: str = ""                       # how the steps ran (attacker.engine)
+    label_probs: Optional[torch.Tensor] = None  # soft labels found (optimised), per input
 
 
 # initial guesses in normalised coordinates: fn(shape, coordinates, generator) -> z
@@ -117,11 +126,11 @@ def initial_guess(problem: InversionProblem, budget: Budget, generator: torch.Ge
     """Dummy images in normalised coordinates for every restart (drawn on the CPU, so every
     device starts alike), inside the box, and dummy label logits: `randn` is N(0, 1) in z
     (the released code's start), `rand` uniform over the box, `zeros` the mean image."""
-    shape = (budget.restarts, problem.batch_size, *problem.image_shape)
+    shape = (budget.restarts, problem.dummies, *problem.image_shape)
     co = problem.coordinates("cpu")
     z = INITS[budget.init](shape, co, generator)
     z = torch.max(torch.min(z, co.hi), co.lo)
-    y = torch.randn((budget.restarts, problem.batch_size, problem.num_classes), generator=generator)
+    y = torch.randn((budget.restarts, problem.dummies, problem.num_classes), generator=generator)
     return z.to(device), y.to(device)
 
 
@@ -140,14 +149,17 @@ def decays_before(iterations: int, step: int) -> int:
 def finish(problem: InversionProblem, z, y_logits, losses, iters, seconds, history,
            engine: str = "") -> InversionResult:
     """Keep the restart with the lowest gradient distance; images back in pixel space."""
+    from attacker.objective import input_labels
+
     best = int(torch.tensor(losses).nan_to_num(float("inf")).argmin())
     x = problem.coordinates(z.device).to_pixels(z.detach())
-    labels = problem.labels if problem.labels is not None else y_logits[best]
+    probs = None if problem.labels is not None else input_labels(problem, y_logits[best], None)
+    labels = problem.labels if probs is None else probs
     if labels.dim() > 1:  # soft labels (optimised logits or mixed labels): report the argmax
         labels = labels.argmax(-1)
     return InversionResult(
         images=x[best].detach().clamp(*problem.box).cpu(), labels=labels.detach().cpu(),
         match_loss=float(losses[best]), restart_losses=[float(v) for v in losses],
         iterations=iters, seconds=seconds, device=str(x.device), history=history,
-        engine=engine,
+        engine=engine, label_probs=None if probs is None else probs.detach().cpu(),
     )

@@ -31,10 +31,13 @@ class Trial:
 
 def judged_loss(problem: InversionProblem, result: InversionResult, budget: Budget) -> float:
     """What the attacker compares candidates by: the gradient distance (`budget.distance`,
-    no image priors) of the images and hard labels a candidate reports. One yardstick for
-    every candidate, whatever distance or priors it optimised."""
+    no image priors) of the images and labels a candidate reports (hard labels, or the soft
+    ones it found against a declared mix; fixed labels stay). One yardstick for every
+    candidate, whatever distance or priors it optimised."""
     device = next(problem.model.parameters()).device
-    judged = dataclasses.replace(problem, labels=result.labels.to(device))
+    labels = problem.labels if problem.labels is not None else (
+        result.label_probs if problem.soft_labels else result.labels)
+    judged = dataclasses.replace(problem, labels=labels.to(device))
     plain = budget.model_copy(update={"tv_weight": 0.0, "bn_weight": 0.0})
     with torch.enable_grad():
         _, match = make_objective(judged, plain, pixels=True)(result.images.to(device), None)

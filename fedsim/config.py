@@ -161,7 +161,7 @@ class EveryN(_Section):
 # fields, so each is defined once, here. The names `init`, `compile` and `distance` accept
 # are the attacker's registries' (checked by `lab.validation`).
 OPTIMISER_FIELDS = ("iterations", "lr", "tv_weight", "bn_weight", "restarts", "init",
-                    "batch_restarts", "compile", "distance", "signed")
+                    "batch_restarts", "compile", "distance", "signed", "mixing")
 
 
 TUNABLE = ("lr", "tv_weight", "bn_weight", "restarts", "init", "distance", "signed")
@@ -238,6 +238,11 @@ class AttackConfig(_Section):
     signed: Optional[bool] = Field(
         default=None, description="step on the sign of the image gradient; unset: the "
         "attack's own (no)")
+    mixing: Literal["mixes", "sources"] = Field(
+        default="mixes", description="against a declared mix (MixUp, Intra-InstaHide): "
+        "mixes: reconstruct the B training inputs (the mixes) and pair them to the originals; "
+        "sources: reconstruct k x B source images mixed by the declared mean coefficients, "
+        "and pair the originals among them (attacker.mixing)")
     group_size: Optional[int] = Field(
         default=None, ge=1, le=1024, description="at most this many captures of one problem "
         "shape inverted together in one optimisation (attacker.groups; 1: one at a time; "

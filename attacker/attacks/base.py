@@ -11,6 +11,7 @@ import torch
 from attacker.problem import Budget, InversionProblem, InversionResult
 from attacker.knowledge import Knowledge
 from attacker.labels import restore_labels
+from attacker.mixing import mix_coefficients
 from attacker.priors import inferred_bn_targets
 from attacker.target import Observation
 
@@ -51,6 +52,8 @@ class Attack:
         if knowledge.labels_mode == "known":
             return knowledge.labels.to(next(obs.model.parameters()).device)
         if knowledge.labels_mode == "restored":
+            if self.effects(obs).get("mixed_labels"):  # soft: optimised with the images
+                return None
             return restore_labels(self.label_signal(obs), obs.model, knowledge.batch_size,
                                   obs.image_shape).to(next(obs.model.parameters()).device)
         return None
@@ -81,6 +84,8 @@ class Attack:
             loss_divisor=(float(obs.facts.batch_size)
                           if self.effects(obs).get("sum_over_batch_size")
                           and obs.facts.batch_size else None),
+            soft_labels=bool(self.effects(obs).get("mixed_labels")),
+            mix=mix_coefficients(self.effects(obs), self.budget.mixing),
         )
 
     @staticmethod

@@ -4,7 +4,7 @@ random per-pixel (per channel) sign flip of each mixed image. Images then lie in
 import torch
 
 from clients.defenses.base import Defense
-from clients.defenses.mixing import MixParams, mix
+from clients.defenses.mixing import MixParams, declared_mixing, mix
 
 
 def sign_mask(shape, rng) -> torch.Tensor:
@@ -17,7 +17,7 @@ class IntraInstaHide(Defense):
     Params = MixParams
 
     def effects(self):
-        return {"mixed_labels": True, "sign_flipped": True, "pixel_box": [-1.0, 1.0]}
+        return {**declared_mixing(self.params), "sign_flipped": True, "pixel_box": [-1.0, 1.0]}
 
     def transform_batch(self, x, y, num_classes, rng, pool):
         m = mix(x, y, *pool, num_classes, self.params, rng)

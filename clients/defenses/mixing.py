@@ -8,6 +8,7 @@ the same coefficients and trained with soft-label cross-entropy.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,26 @@ def draw_coefficients(n: int, params: MixParams, rng: np.random.Generator) -> np
                 break
         out[i] = np.sort(c)[::-1]
     return out
+
+
+def expected_coefficients(params: MixParams, draws: int = 4096) -> list[float]:
+    """The mean of the sorted mixing coefficients (largest, the example's own, first), by
+    Monte Carlo from a fixed seed: a public function of the declared parameters, which the
+    defense declares so that an attacker can model the mix (`attacker.mixing`)."""
+    return list(_expected(params.k, params.cap, params.alpha, draws))
+
+
+@functools.cache
+def _expected(k: int, cap: float, alpha: float, draws: int) -> tuple[float, ...]:
+    params = MixParams(k=k, cap=cap, alpha=alpha)
+    return tuple(float(c) for c in
+                 draw_coefficients(draws, params, np.random.default_rng(0)).mean(0))
+
+
+def declared_mixing(params: MixParams) -> dict:
+    """What MixUp and Intra-InstaHide declare about the upload: soft labels, and the mix."""
+    return {"mixed_labels": True, "mix_k": params.k,
+            "mix_coefficients": expected_coefficients(params)}
 
 
 def mix(x: torch.Tensor, y: torch.Tensor, pool_x: torch.Tensor, pool_y: torch.Tensor,

@@ -46,7 +46,8 @@ def add_optimiser_options(parser: argparse.ArgumentParser) -> None:
     from fedsim.config import OPTIMISER_FIELDS, AttackConfig
 
     registries = {"init": INITS, "compile": MODES, "distance": DISTANCES,
-                  "batch_restarts": choices_of(AttackConfig, "batch_restarts")}
+                  "batch_restarts": choices_of(AttackConfig, "batch_restarts"),
+                  "mixing": choices_of(AttackConfig, "mixing")}
     for name in OPTIMISER_FIELDS:
         field = AttackConfig.model_fields[name]
         flag = "--" + name.replace("_", "-")
