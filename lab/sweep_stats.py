@@ -39,6 +39,7 @@ class Setting:
     key: str
     cells: list[dict] = field(default_factory=list)       # cells.json entries
     attacks: list[dict] = field(default_factory=list)     # scored rows, with "seed"
+    oracle: list[dict] = field(default_factory=list)      # oracle-tuned rows (upper bound)
     accuracy: dict[int, float] = field(default_factory=dict)  # seed -> final accuracy
     epsilon: list[float] = field(default_factory=list)
     accounting: str = NOT_ACCOUNTED  # what the epsilon bounds (fedsim.privacy)
@@ -73,6 +74,8 @@ def settings_of(root: Path) -> list[Setting]:
         seed = int(config.get("seed", 0))
         setting.attacks += [{**r, "seed": seed} for r in read_rows(RunFolder(folder).leakage)
                             if r.get("psnr") is not None]
+        setting.oracle += [r for r in read_rows(RunFolder(folder).oracle_leakage)
+                           if r.get("psnr") is not None]
         metrics = read_rows(RunFolder(folder).metrics)
         evaluated = [r for r in metrics if r.get("global_accuracy") is not None]
         if evaluated:
@@ -114,6 +117,9 @@ def sweep_table(root: Path) -> list[dict]:
                    f"{s.unfinished} of {len(s.cells)} replicates not finished"}
             for figure, higher in FIGURES.items():
                 row.update(summarize((a.get(figure) for a in mine), higher).as_row(figure))
+            # a tuned setting's upper bound, in a column of its own (never in the figures)
+            row.update(summarize(a["psnr"] for a in s.oracle if a["observer"] == observer
+                                 ).as_row("oracle_psnr"))
             if base is not None and s is not base and observer is not None:
                 for figure in COMPARED:
                     row.update(compare(s.values(figure, observer),

@@ -134,6 +134,25 @@ def test_replicates_are_grouped_and_compared_with_the_baseline_setting(tmp_path)
     assert prune["accuracy_diff"] == pytest.approx(-0.01)
 
 
+def test_a_tuned_settings_oracle_bound_has_its_own_column(tmp_path):
+    """The oracle-tuned rows (leakage_oracle.jsonl) fill `oracle_psnr` only: the setting's
+    figures and its comparison stay the attacker's own choice."""
+    from lab.report import _text_row
+    from lab.sweep_stats import sweep_table
+
+    cells = [_fake_cell(tmp_path, 0, "none", 0, [14, 15, 13, 16], 0.90),
+             _fake_cell(tmp_path, 1, "none, tuned", 0, [15, 16, 14, 17], 0.90, "t")]
+    oracle = [{"round": 1 + k // 2, "partition_id": k % 2, "observer": "server", "psnr": p}
+              for k, p in enumerate([18, 19, 17, 20])]
+    (tmp_path / "cells" / "01-c" / "leakage_oracle.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in oracle))
+    (tmp_path / "cells.json").write_text(json.dumps(cells))
+    none, tuned = sweep_table(tmp_path)
+    assert none["oracle_psnr_n"] == 0 and _text_row(none)["oracle_psnr"] == "-"
+    assert tuned["oracle_psnr_mean"] == pytest.approx(18.5) and tuned["oracle_psnr_n"] == 4
+    assert tuned["psnr_mean"] == pytest.approx(15.5) and tuned["psnr_diff"] == pytest.approx(1.0)
+
+
 def test_a_cell_folder_outside_the_sweep_is_refused(tmp_path):
     from fedsim.run_files import RunFileError
     from lab.sweep_stats import sweep_table
