@@ -34,6 +34,14 @@ def mix_coefficients(effects: dict, mode: str) -> Optional[tuple[float, ...]]:
     if not declared:
         raise ValueError("attack.mixing = 'sources' needs the defense's declared "
                          "mix_coefficients, and this capture declares none")
+    # a capture is untrusted input: 2-64 weights in [0, 1] that sum to one, or one line
+    ok = (isinstance(declared, (list, tuple)) and 2 <= len(declared) <= 64
+          and all(isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 1
+                  for c in declared)
+          and abs(sum(declared) - 1) < 1e-3)
+    if not ok:
+        raise ValueError(f"capture effects.mix_coefficients {str(declared)[:80]!r} is not a "
+                         "list of 2-64 weights in [0, 1] summing to 1")
     return tuple(float(c) for c in declared)
 
 

@@ -110,3 +110,16 @@ def test_an_attack_on_the_mixes_recovers_them(tmp_path):
     mean = exp.dataset.x_train.mean(0, keepdim=True)
     got, trivial = psnr(result.images[0], xm[0]), psnr(mean[0], xm[0])
     assert got > trivial + 6, (got, trivial)
+
+
+@pytest.mark.parametrize("declared", [None, [], [0.5], ["a", "b"], [0.9, 0.9], [1.5, -0.5],
+                                      [True, False], [0.5] * 2 + [0.0] * 100])
+def test_declared_coefficients_are_checked_as_untrusted_input(declared):
+    from attacker.mixing import mix_coefficients
+
+    effects = {"mixed_labels": True, "mix_coefficients": declared}
+    with pytest.raises(ValueError, match="mix_coefficients"):
+        mix_coefficients(effects, "sources")
+    assert mix_coefficients(effects, "mixes") is None  # only the sources model reads them
+    assert mix_coefficients({"mixed_labels": True, "mix_coefficients": [0.6, 0.4]},
+                            "sources") == (0.6, 0.4)
