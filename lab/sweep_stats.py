@@ -120,10 +120,12 @@ def sweep_table(root: Path) -> list[dict]:
             # a tuned setting's upper bound, in a column of its own (never in the figures)
             row.update(summarize(a["psnr"] for a in s.oracle if a["observer"] == observer
                                  ).as_row("oracle_psnr"))
-            if base is not None and s is not base and observer is not None:
-                for figure in COMPARED:
-                    row.update(compare(s.values(figure, observer),
-                                       _reference(base, figure, observer)).as_row(figure))
+            if base is not None and s is not base:
+                if observer is not None:
+                    for figure in COMPARED:
+                        row.update(compare(s.values(figure, observer),
+                                           _reference(base, figure, observer)).as_row(figure))
+                # accuracy is compared whether or not anything was attacked
                 row.update(compare(s.accuracy, base.accuracy).as_row("accuracy"))
             rows.append(row)
     return rows

@@ -153,6 +153,18 @@ def test_a_tuned_settings_oracle_bound_has_its_own_column(tmp_path):
     assert tuned["psnr_mean"] == pytest.approx(15.5) and tuned["psnr_diff"] == pytest.approx(1.0)
 
 
+def test_accuracy_is_compared_in_a_sweep_that_attacks_nothing(tmp_path):
+    from lab.sweep_stats import sweep_table
+
+    cells = [_fake_cell(tmp_path, k, f"{lab}, seed={s}", s, [], acc, lab)
+             for k, (lab, s, acc) in enumerate([("none", 0, 0.60), ("none", 1, 0.62),
+                                                 ("dp", 0, 0.10), ("dp", 1, 0.14)])]
+    (tmp_path / "cells.json").write_text(json.dumps(cells))
+    none, dp = sweep_table(tmp_path)
+    assert none["attacks"] == 0 and dp["observer"] is None
+    assert dp["accuracy_diff"] == pytest.approx(-0.49) and dp["accuracy_diff_n"] == 2
+
+
 def test_a_cell_folder_outside_the_sweep_is_refused(tmp_path):
     from fedsim.run_files import RunFileError
     from lab.sweep_stats import sweep_table
