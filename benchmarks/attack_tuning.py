@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 from attacker.tuning import grid_points
-from fedsim.capture import save_capture
 from fedsim.config import from_dict
 from fedsim.run_folder import RunFolder
 from lab.orchestration.attacks import attack_run
-from lab.orchestration.inprocess import local_capture
 from lab.validation import check_registries
+from round_one import round_one_captures  # noqa: E402
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 DEFENSES = {"none": [], "gradprune_0.9": [{"name": "gradprune", "params": {"p": 0.9}}]}
@@ -40,11 +39,7 @@ def cell(defense: str, clients: int, iterations: int, data: str, out: Path) -> d
         "attack": {"enabled": True, "when": "after", "iterations": iterations,
                    "rounds": [1], "clients": "all", "knowledge": {"labels": "known"},
                    "tuning": {"search": "grid", "trials": TRIALS, "space": SPACE}}}))
-    run_dir = out / f"run_{data}_{defense}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    for pid in range(clients):
-        save_capture(run_dir, local_capture(cfg, 1, pid))
+    run_dir = round_one_captures(cfg, out / f"run_{data}_{defense}")
     t0 = time.perf_counter()
     own = attack_run(cfg, run_dir, progress=False)
     seconds = time.perf_counter() - t0

@@ -17,12 +17,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from fedsim.capture import save_capture
 from fedsim.config import from_dict
 from lab.orchestration.attacks import attack_run
-from lab.orchestration.inprocess import local_capture
 from lab.stats import compare, summarize
 from lab.validation import check_registries
+from round_one import round_one_captures  # noqa: E402
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 NOISE = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -41,10 +40,7 @@ def captures(noise: float, clients: int, iterations: int, data: str, out: Path):
         "attack": {"enabled": True, "name": "fedavg_replay", "when": "after",
                    "iterations": iterations, "lr": 0.1, "tv_weight": 0.01,
                    "rounds": [1], "clients": "all", "knowledge": {"labels": "known"}}}))
-    run_dir = out / f"run_{noise}"
-    run_dir.mkdir(parents=True)
-    for pid in range(clients):
-        save_capture(run_dir, local_capture(cfg, 1, pid))
+    run_dir = round_one_captures(cfg, out / f"run_{noise}")
     return cfg, run_dir
 
 

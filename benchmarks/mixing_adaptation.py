@@ -18,12 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedsim.capture import save_capture
 from fedsim.config import from_dict
 from lab.orchestration.attacks import attack_run
-from lab.orchestration.inprocess import local_capture
 from lab.stats import compare, summarize
 from lab.validation import check_registries
+from round_one import round_one_captures  # noqa: E402
 from results_io import write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 DEFENSES = {"none": [], "mixup": [{"name": "mixup"}], "instahide": [{"name": "instahide"}]}
@@ -42,11 +41,7 @@ def run(defense: str, mixing: str, clients: int, iterations: int, out: Path) -> 
                    "iterations": iterations, "lr": 0.1, "signed": False, "tv_weight": 0.01,
                    "mixing": mixing, "rounds": [1], "clients": "all",
                    "knowledge": {"labels": "known"}}}))
-    run_dir = out / f"run_{defense}_{mixing}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    for pid in range(clients):
-        save_capture(run_dir, local_capture(cfg, 1, pid))
+    run_dir = round_one_captures(cfg, out / f"run_{defense}_{mixing}")
     t0 = time.perf_counter()
     rows = attack_run(cfg, run_dir, progress=False)
     return {"psnr": {r["partition_id"]: r["psnr"] for r in rows},
