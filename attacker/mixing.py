@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def mix_coefficients(effects: dict, mode: str) -> Optional[tuple[float, ...]]:
@@ -50,3 +51,19 @@ def mixed(sources: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     k = coefficients.numel()
     grouped = sources.reshape(sources.shape[0] // k, k, *sources.shape[1:])
     return (coefficients.view(1, k, *([1] * (sources.dim() - 1))) * grouped).sum(1)
+
+
+def input_images(mix: Optional[tuple[float, ...]], x: torch.Tensor) -> torch.Tensor:
+    """The images the model sees: the dummies, or under the `sources` model their mixes."""
+    if not mix:
+        return x
+    return mixed(x, torch.tensor(mix, dtype=x.dtype, device=x.device))
+
+
+def input_labels(mix: Optional[tuple[float, ...]], y_logits, fixed) -> torch.Tensor:
+    """The labels of the inputs the model sees: fixed ones, or the optimised ones (softmax
+    of the logits; under the `sources` model each source's, mixed like the images)."""
+    if fixed is not None:
+        return fixed
+    y = F.softmax(y_logits, dim=-1)
+    return mixed(y, torch.tensor(mix, dtype=y.dtype, device=y.device)) if mix else y

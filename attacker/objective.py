@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad
 
 from attacker.distances import DISTANCES
-from attacker.mixing import mixed
+from attacker.mixing import input_images, input_labels
 from attacker.priors import REGULARISERS, BNRecorder, PriorContext
 from attacker.problem import Budget, InversionProblem
 from attacker.target import functional_copy
@@ -91,26 +91,6 @@ class UpdateSimulator:
         return {n: params[n] - start_params[n] for n in params}, features
 
 
-def labels_from(y_param: torch.Tensor, fixed) -> torch.Tensor:
-    return fixed if fixed is not None else F.softmax(y_param, dim=-1)
-
-
-def input_labels(problem: InversionProblem, y_logits, fixed) -> torch.Tensor:
-    """The labels of the inputs the model sees: fixed ones, or the optimised ones (under
-    the `sources` model each source's, mixed like the images)."""
-    y = labels_from(y_logits, fixed)
-    if fixed is None and problem.mix:
-        y = mixed(y, torch.tensor(problem.mix, dtype=y.dtype, device=y.device))
-    return y
-
-
-def input_images(problem: InversionProblem, x: torch.Tensor) -> torch.Tensor:
-    """The images the model sees: the dummies, or under the `sources` model their mixes."""
-    if not problem.mix:
-        return x
-    return mixed(x, torch.tensor(problem.mix, dtype=x.dtype, device=x.device))
-
-
 def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = False,
                      autograd: bool = False):
     """objective(z, y_logits, member) -> (total, match) for one restart of any problem
@@ -128,8 +108,8 @@ def member_objective(problem: InversionProblem, budget: Budget, pixels: bool = F
             z, x = (z - co.shift) / co.scale, z
         else:
             x = co.to_pixels(z)
-        update, features = sim(member["params"], input_images(problem, x),
-                               input_labels(problem, y_logits, member.get("labels")))
+        update, features = sim(member["params"], input_images(problem.mix, x),
+                               input_labels(problem.mix, y_logits, member.get("labels")))
         match = dist(update, member["target"], member.get("mask"))
         ctx = PriorContext(z, features, member.get("bn"))
         total = match

@@ -12,6 +12,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, create_model
 
 from attacker.local_optimizer import LocalOptimizer
+from attacker.mixing import input_labels
 from fedsim.config import OPTIMISER_FIELDS, AttackConfig
 
 
@@ -149,11 +150,9 @@ def decays_before(iterations: int, step: int) -> int:
 def finish(problem: InversionProblem, z, y_logits, losses, iters, seconds, history,
            engine: str = "") -> InversionResult:
     """Keep the restart with the lowest gradient distance; images back in pixel space."""
-    from attacker.objective import input_labels
-
     best = int(torch.tensor(losses).nan_to_num(float("inf")).argmin())
     x = problem.coordinates(z.device).to_pixels(z.detach())
-    probs = None if problem.labels is not None else input_labels(problem, y_logits[best], None)
+    probs = None if problem.labels is not None else input_labels(problem.mix, y_logits[best], None)
     labels = problem.labels if probs is None else probs
     if labels.dim() > 1:  # soft labels (optimised logits or mixed labels): report the argmax
         labels = labels.argmax(-1)
