@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from fedsim.config import from_dict
+from fedsim.run_folder import RunFolder
 from lab.orchestration.attacks import attack_run
 from lab.stats import compare, summarize
 from lab.validation import check_registries
@@ -46,9 +47,8 @@ def captures(noise: float, clients: int, iterations: int, data: str, out: Path):
 
 def attacked(cfg, run_dir: Path, distance: str) -> list[dict]:
     cfg = cfg.model_copy(update={"attack": cfg.attack.model_copy(update={"distance": distance})})
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    for old in ("leakage.jsonl",):
-        (run_dir / old).unlink(missing_ok=True)
+    RunFolder(run_dir).config.write_text(cfg.to_toml())
+    RunFolder(run_dir).leakage.unlink(missing_ok=True)  # the other distance's rows
     # an update whose Poisson batches were all empty holds no private example: skipped
     return [r for r in attack_run(cfg, run_dir, progress=False) if r.get("psnr") is not None]
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from fedsim.capture import save_capture
 from fedsim.config import ExperimentConfig
+from fedsim.run_folder import RunFolder
 from lab.orchestration.inprocess import local_capture
 
 
 def round_one_captures(cfg: ExperimentConfig, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
+    RunFolder(run_dir).config.write_text(cfg.to_toml())
     for pid in range(cfg.federation.num_clients):
         save_capture(run_dir, local_capture(cfg, 1, pid))
     return run_dir

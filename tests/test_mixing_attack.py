@@ -2,6 +2,8 @@
 exact at the true mixes, the `sources` model contains that point, restored labels stay
 soft, and the attacker's yardstick judges soft labels as soft."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -86,10 +88,10 @@ def test_restored_labels_under_a_mix_are_optimised_soft_and_judged_soft(mixed_ru
     result = attack.solve(prob, 0, None)
     assert result.label_probs.shape == (3, 10)
     # the yardstick at the true mixes: ~0 with the true soft labels, not with their argmax
-    soft = type(result)(**{**result.__dict__, "images": xm, "label_probs": ym})
+    soft = dataclasses.replace(result, images=xm, label_probs=ym)
     assert judged_loss(prob, soft, attack.budget) < 1e-4
-    hard = type(result)(**{**result.__dict__, "images": xm,
-                           "label_probs": torch.nn.functional.one_hot(ym.argmax(-1), 10).float()})
+    hard = dataclasses.replace(result, images=xm,
+                               label_probs=torch.nn.functional.one_hot(ym.argmax(-1), 10).float())
     assert judged_loss(prob, hard, attack.budget) > 1e-3
 
 

@@ -96,8 +96,8 @@ class Defense:
         """Facts about the upload that the receiver may rely on, declared by the defense
         (`clients.local.declared_effects` merges them; they travel with the update):
         `pixel_box` [lo, hi] of the training inputs, `sparsified` (zeros are pruned
-        entries, not values), `mixed_labels` (soft labels), `mix_k` and
-        `mix_coefficients` (examples per mix and their mean sorted weights), `sign_flipped` (inputs carry a
+        entries, not values), `mixed_labels` (soft labels), `mix_k` and `mix_coefficients`
+        (examples per mix and their mean sorted weights), `sign_flipped` (inputs carry a
         random per-pixel sign), `poisson_batches` (each local step's batch is its own
         Poisson draw: examples may recur across steps), `sum_over_batch_size` (a step's
         gradient is the batch's summed loss gradient over the declared batch_size, not
