@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -71,9 +72,18 @@ def _split(folder: Path, part: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(labels.astype(np.int64))
 
 
+@lru_cache(maxsize=1)
+def _read_folder(folder: Path, signature: tuple) -> tuple:
+    """Both splits, read once per process for the same files (their sizes and times in
+    `signature`): the split does not depend on the seed, and a sweep validating 45 cells
+    of 5 seeds decompressed the 30 MB 45 times (43 s)."""
+    return _split(folder, "train"), _split(folder, "test")
+
+
 def load_fashion_mnist(root: Optional[str] = None, **_) -> Dataset:
     """The standard 60,000 / 10,000 split (`data.max_train` subsamples the training set)."""
     folder = fashion_mnist_folder(root)
-    x_tr, y_tr = _split(folder, "train")
-    x_te, y_te = _split(folder, "test")
+    files = sorted(folder / n for pair in FILES.values() for n in pair)
+    signature = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    (x_tr, y_tr), (x_te, y_te) = _read_folder(folder.resolve(), signature)
     return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, len(CLASSES), CLASSES)
