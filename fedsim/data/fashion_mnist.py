@@ -83,7 +83,7 @@ def _read_folder(folder: Path, signature: tuple) -> tuple:
 def load_fashion_mnist(root: Optional[str] = None, **_) -> Dataset:
     """The standard 60,000 / 10,000 split (`data.max_train` subsamples the training set)."""
     folder = fashion_mnist_folder(root)
-    files = sorted(folder / n for pair in FILES.values() for n in pair)
-    signature = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    stats = [(folder / n).stat() for pair in FILES.values() for n in sorted(pair)]
+    signature = tuple((st.st_size, st.st_mtime_ns) for st in stats)
     (x_tr, y_tr), (x_te, y_te) = _read_folder(folder.resolve(), signature)
     return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, len(CLASSES), CLASSES)
