@@ -103,3 +103,30 @@ def stop_processes(cmd_has: str, grace_s: float = 5.0) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.5)
+
+
+def write_idx(path, array, magic=None):
+    """A gzip'd idx file of `array` (unsigned bytes), its magic number overridable."""
+    import gzip
+
+    import numpy as np
+
+    dims = array.ndim
+    header = (magic or {3: 2051, 1: 2049}[dims]).to_bytes(4, "big")
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def write_fashion_mnist(folder, train=12, test=4):
+    """Fashion-MNIST's four files in `folder`, random images, labels cycling 0-9."""
+    import numpy as np
+
+    from fedsim.data.fashion_mnist import FILES
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, n in (("train", train), ("test", test)):
+        images, labels = FILES[part]
+        write_idx(folder / images, rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / labels, np.arange(n) % 10)
+    return folder

@@ -9,23 +9,7 @@ import pytest
 
 from fedsim.data.datasets import DataFormatError, DataNotFoundError, load_dataset
 from fedsim.data.fashion_mnist import DEFAULT_ROOT, FILES, load_fashion_mnist
-
-
-def _idx(path, array, magic=None):
-    dims = array.ndim
-    header = (magic or {3: 2051, 1: 2049}[dims]).to_bytes(4, "big")
-    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-
-
-def write_set(folder, train=12, test=4):
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for part, n in (("train", train), ("test", test)):
-        images, labels = FILES[part]
-        _idx(folder / images, rng.integers(0, 256, (n, 28, 28)))
-        _idx(folder / labels, np.arange(n) % 10)
-    return folder
+from tests.helpers import write_idx as _idx, write_fashion_mnist as write_set
 
 
 def test_small_idx_files_load_in_pixel_range(tmp_path):
