@@ -212,20 +212,32 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
 
     if ray.is_initialized():
         ray.shutdown()
-    runtime_env = {"env_vars": {**env, "PYTHONPATH": os.pathsep.join(sys.path)}}
-    kwargs = dict(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
-                  logging_level=logging.WARNING)
+    env = {**env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        if ray_address:
-            ray.init(address=ray_address, **kwargs)
+        if ray_address:  # a cluster's workers get the run's environment from the job
+            ray.init(address=ray_address, runtime_env={"env_vars": env}, **kwargs)
         else:
+            # A local cluster's workers inherit it from the raylet this process starts
+            # (the caller put `env` in os.environ; PYTHONPATH for the raylet's start only).
+            # No job runtime_env: with one, every worker starts through Ray's runtime-env
+            # set-up and the workers Ray prestarts go unused (measured: a 1-round run's
+            # workers 19.4 -> 14.4 s of CPU, the run 33.1 -> 25.3 s).
             tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
             # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource
             # of their own (lab/orchestration/during.py)
             cpus = max(os.cpu_count() or 1, 1)
             extra = ({"resources": {ATTACK_RESOURCE: attack_slots(cfg, cpus)}}
                      if attacks_during else {})
-            ray.init(num_cpus=cpus, _temp_dir=tmp, **kwargs, **extra)
+            saved = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = env["PYTHONPATH"]
+            try:
+                ray.init(num_cpus=cpus, _temp_dir=tmp, **kwargs, **extra)
+            finally:
+                if saved is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = saved
     except SystemExit as err:  # the SIGTERM handler ray.init sets first calls sys.exit(15)
         if err.code == signal.SIGTERM:
             raise Interrupted(signal.SIGTERM) from None
