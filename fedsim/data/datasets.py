@@ -61,8 +61,14 @@ def load_dataset(name: str, seed: int = 0, root: Optional[str] = None,
 # every cell (45 loads of natural32 for the 45 cells of defense_accuracy_fashion's scale)
 @lru_cache(maxsize=8)
 def _load_cached(name, seed, root, test_fraction, max_train, image_shape) -> Dataset:
-    ds = LOADERS[name](seed=seed, root=root, test_fraction=test_fraction,
-                       image_shape=image_shape)
+    from fedsim.data.disk_cache import cached
+
+    def build() -> Dataset:
+        return LOADERS[name](seed=seed, root=root, test_fraction=test_fraction,
+                             image_shape=image_shape)
+
+    # the embedded sets also across processes (fedsim.data.disk_cache)
+    ds = cached(name, {"seed": seed, "test_fraction": test_fraction}, build)
     if max_train is not None and max_train < len(ds.y_train):
         keep = torch.from_numpy(np.random.default_rng([seed, 7]).permutation(len(ds.y_train))[:max_train])
         keep = keep.sort().values
