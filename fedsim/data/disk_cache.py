@@ -24,9 +24,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from fedsim.data.datasets import Dataset
 
 log = logging.getLogger("fedsim")
 
@@ -55,9 +58,9 @@ def cache_key(name: str, args: dict) -> str:
     return hashlib.sha256(source + text.encode()).hexdigest()[:24]
 
 
-def cached(name: str, args: dict, build: Callable[[], "Dataset"]) -> "Dataset":  # noqa: F821
+def cached(name: str, args: dict, build: Callable[[], "Dataset"]) -> "Dataset":
     """`build()`'s set, from the cache when this machine built it before."""
-    from fedsim.data.datasets import Dataset
+    from fedsim.data.datasets import Dataset  # noqa: F811 - it imports this module
 
     folder = cache_folder()
     if folder is None or name not in SOURCES:
