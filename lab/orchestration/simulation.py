@@ -212,32 +212,23 @@ def _start_ray(cfg: ExperimentConfig, env: dict[str, str], ray_address: str | No
 
     if ray.is_initialized():
         ray.shutdown()
-    env = {**env, "PYTHONPATH": os.pathsep.join(sys.path)}
     kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         if ray_address:  # a cluster's workers get the run's environment from the job
             ray.init(address=ray_address, runtime_env={"env_vars": env}, **kwargs)
         else:
             # A local cluster's workers inherit it from the raylet this process starts
-            # (the caller put `env` in os.environ; PYTHONPATH for the raylet's start only).
-            # No job runtime_env: with one, every worker starts through Ray's runtime-env
-            # set-up and the workers Ray prestarts go unused (measured: a 1-round run's
-            # workers 19.4 -> 14.4 s of CPU, the run 33.1 -> 25.3 s).
+            # (the caller put `env` in os.environ for the run). No job runtime_env: with
+            # one, every worker starts through Ray's runtime-env set-up and the workers Ray
+            # prestarts go unused (measured: a 1-round run's workers 19.4 -> 14.4 s of
+            # CPU, the run 33.1 -> 25.3 s).
             tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
             # Flower's actor pool takes every CPU Ray counts, so attack tasks get a resource
             # of their own (lab/orchestration/during.py)
             cpus = max(os.cpu_count() or 1, 1)
             extra = ({"resources": {ATTACK_RESOURCE: attack_slots(cfg, cpus)}}
                      if attacks_during else {})
-            saved = os.environ.get("PYTHONPATH")
-            os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-            try:
-                ray.init(num_cpus=cpus, _temp_dir=tmp, **kwargs, **extra)
-            finally:
-                if saved is None:
-                    os.environ.pop("PYTHONPATH", None)
-                else:
-                    os.environ["PYTHONPATH"] = saved
+            ray.init(num_cpus=cpus, _temp_dir=tmp, **kwargs, **extra)
     except SystemExit as err:  # the SIGTERM handler ray.init sets first calls sys.exit(15)
         if err.code == signal.SIGTERM:
             raise Interrupted(signal.SIGTERM) from None
@@ -272,7 +263,8 @@ def _simulate(cfg: ExperimentConfig, run_dir: Path, lock: RunLock, ray_address: 
     from lab.observers import observer_mods
     from server.app import app as server_app
 
-    env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve())}
+    env = {**FLOWER_ENV, ENV_CONFIG: cfg.to_toml(), ENV_RUN_DIR: str(run_dir.resolve()),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # Ray workers inherit it; restored when the run ends
     handler = _attach_log(run_dir)
